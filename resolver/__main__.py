@@ -1,0 +1,5 @@
+"""`python -m resolver` runs the `sinkhole` command."""
+
+from resolver.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""TTL cache of upstream answers, stored as wire bytes and patched on the way out."""
+
+from __future__ import annotations
+
+import time
+
+from resolver.config import CacheConfig
+from resolver.wire import U16, U32, Answer, Query
+
+#: RFC 8767 4: a stale answer is served with this TTL.
+STALE_ANSWER_TTL = 30
+#: Prefetch when less than this share of the original TTL is left (and the entry is popular).
+PREFETCH_SHARE = 0.1
+PREFETCH_MIN_HITS = 3
+#: Cap on how long a SERVFAIL-free negative answer without SOA may be kept.
+NO_SOA_NEGATIVE_TTL = 0
+
+
+class Entry:
+    """One cached answer: its bytes with ID 0, where its TTLs are, and when it expires."""
+
+    __slots__ = (
+        "wire",
+        "ttl_offsets",
+        "ttls",
+        "stored",
+        "expires",
+        "ttl",
+        "cnames",
+        "hits",
+        "age_wire",
+        "age",
+        "prefetching",
+    )
+
+    def __init__(self, wire: bytes, answer: Answer, ttl: int, now: float, ttls: list[int]) -> None:
+        self.wire = wire
+        self.ttl_offsets = answer.ttl_offsets
+        self.ttls = ttls
+        self.stored = now
+        self.ttl = ttl
+        self.expires = now + ttl
+        self.cnames = tuple(answer.cnames)
+        self.hits = 0
+        self.age = 0
+        self.age_wire = wire
+        self.prefetching = False
+
+    def render(self, age: int, cap: int | None = None) -> bytes:
+        """The answer with every TTL lowered by age (and capped), ID still 0."""
+        if cap is None and age == self.age:
+            return self.age_wire
+        buf = bytearray(self.wire)
+        for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+            left = ttl - age
+            if left < 0:
+                left = 0
+            if cap is not None and left > cap:
+                left = cap
+            U32.pack_into(buf, off, left)
+        out = bytes(buf)
+        if cap is None:
+            # Many hits land in the same second: render once per second of age.
+            self.age, self.age_wire = age, out
+        return out
+
+
+class Cache:
+    """Answers keyed by the lowercased question plus the DO bit, EDNS presence and CD bit."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self.size = config.size
+        self.entries: dict[bytes, Entry] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def store(
+        self, query: Query, response: bytes, answer: Answer, now: float | None = None
+    ) -> None:
+        """Keep an upstream answer for its TTL within [min_ttl, max_ttl]."""
+        if self.size <= 0 or answer.tc or answer.rcode not in (0, 3):
+            return
+        cfg = self.config
+        ttl = answer.ttl
+        if answer.negative:
+            if ttl < 0:
+                ttl = NO_SOA_NEGATIVE_TTL
+            ttl = min(ttl, cfg.negative_ttl)
+        ttl = min(max(ttl, cfg.min_ttl), cfg.max_ttl)
+        if ttl <= 0:
+            return
+        if now is None:
+            now = time.monotonic()
+        ttls = [U32.unpack_from(response, off)[0] for off in answer.ttl_offsets]
+        if cfg.min_ttl or cfg.max_ttl < max(ttls, default=0):
+            ttls = [min(max(t, cfg.min_ttl), cfg.max_ttl) for t in ttls]
+        buf = bytearray(response)
+        U16.pack_into(buf, 0, 0)
+        entries = self.entries
+        if len(entries) >= self.size and query.key not in entries:
+            self._evict(now)
+        entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
+
+    def _evict(self, now: float) -> None:
+        entries = self.entries
+        # Expired first; then the oldest insertions (dicts keep insertion order).
+        expired = [k for k, e in entries.items() if e.expires <= now]
+        for k in expired[: max(1, self.size // 10)]:
+            del entries[k]
+        while len(entries) >= self.size:
+            del entries[next(iter(entries))]
+
+    def get(self, query: Query, now: float) -> Entry | None:
+        """A fresh entry for the query, or None (stale entries stay for serve-stale)."""
+        entry = self.entries.get(query.key)
+        if entry is None or entry.expires <= now:
+            self.misses += 1
+            return None
+        self.hits += 1
+        entry.hits += 1
+        return entry
+
+    def get_stale(self, query: Query, now: float) -> Entry | None:
+        """An expired entry still within stale_ttl (RFC 8767), for when upstreams fail."""
+        if not self.config.serve_stale:
+            return None
+        entry = self.entries.get(query.key)
+        if entry is None or now - entry.expires > self.config.stale_ttl:
+            return None
+        return entry
+
+    def wants_prefetch(self, entry: Entry, now: float) -> bool:
+        if not self.config.prefetch or entry.prefetching or entry.hits < PREFETCH_MIN_HITS:
+            return False
+        return entry.expires - now < entry.ttl * PREFETCH_SHARE
+
+
+def personalise(entry_wire: bytes, query: Query) -> bytes:
+    """Put the client's ID and its question (case as asked) into a cached answer."""
+    qend = query.question_end
+    return query.wire[:2] + entry_wire[2:12] + query.wire[12:qend] + entry_wire[qend:]

@@ -1,0 +1,673 @@
+"""The `sinkhole` command: a thin click layer over config, catalog, policy, store and server."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from resolver import __version__
+from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
+from resolver.errors import ConfigError, SinkholeError
+
+DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+class SinkholeGroup(click.Group):
+    """Turns every SinkholeError (and stray OS/SQLite errors) into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SinkholeError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"database: {exc}") from None
+        except OSError as exc:
+            name = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{name}{exc.strerror or exc}") from None
+
+
+def common(f: Callable) -> Callable:
+    """--config and --db, taken by every command."""
+    f = click.option(
+        "--db",
+        "db",
+        envvar=DB_ENV,
+        type=click.Path(dir_okay=False),
+        help="SQLite database (default: `database` of the config).",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        envvar=CONFIG_ENV,
+        type=click.Path(dir_okay=False),
+        help="YAML config file (default: built-in defaults).",
+    )(f)
+    return f
+
+
+def get_config(config_path: str | None, db: str | None) -> Config:
+    config = load_config(config_path)
+    return config.with_overrides(database=db)
+
+
+def command_line() -> str:
+    return shlex.join(["sinkhole", *sys.argv[1:]])
+
+
+def open_store(config: Config):
+    """The database, with every catalog service given a row (config seeds new ones)."""
+    from resolver.catalog import load_catalog
+    from resolver.store import Store
+
+    catalog = load_catalog(config.catalog)
+    store = Store(config.database)
+    store.seed(catalog, config.lists)
+    return store, catalog
+
+
+def parse_duration(text: str) -> int:
+    m = DURATION.match(text.strip().lower())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 30m, 24h, 7d, 2w")
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def normalize_names(names: tuple[str, ...]) -> list[str]:
+    from resolver.catalog import normalize_name
+
+    out = []
+    for n in names:
+        try:
+            out.append(normalize_name(n))
+        except ValueError as exc:
+            raise click.BadParameter(f"{n!r}: {exc}") from None
+    return out
+
+
+@click.group(cls=SinkholeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sinkhole")
+def cli() -> None:
+    """A DNS sinkhole for AI chatbot services: blocks, forwards, records.
+
+    Example: sinkhole serve --listen 127.0.0.1:1053
+    """
+
+
+@cli.command()
+@common
+@click.option("--listen", multiple=True, help="HOST:PORT to listen on (repeatable; [::1]:53).")
+@click.option("--upstream", multiple=True, help="HOST[:PORT] of an upstream (repeatable).")
+def serve(config_path: str | None, db: str | None, listen: tuple, upstream: tuple) -> None:
+    """Run the DNS server until SIGTERM or Ctrl-C; SIGHUP reloads config and catalog.
+
+    Example: sinkhole serve --config /etc/sinkhole/config.yaml
+    """
+    from resolver.config import parse_hostport
+    from resolver.server import run_server
+
+    config = get_config(config_path, db)
+    overrides: dict[str, Any] = {"database": db}
+    if listen:
+        for entry in listen:
+            try:
+                parse_hostport(entry, 53, "--listen")
+            except ConfigError as exc:
+                raise click.BadParameter(
+                    str(exc).split(": ", 1)[1], param_hint="--listen"
+                ) from None
+        overrides["listen"] = tuple(listen)
+    if upstream:
+        for entry in upstream:
+            try:
+                parse_hostport(entry, 53, "--upstream")
+            except ConfigError as exc:
+                raise click.BadParameter(
+                    str(exc).split(": ", 1)[1], param_hint="--upstream"
+                ) from None
+        overrides["upstreams"] = tuple(upstream)
+    config = config.with_overrides(**overrides)
+    config.upstream_addresses()  # no upstream at all: one clear line now, not at first query
+    sys.exit(run_server(config, {k: v for k, v in overrides.items() if v is not None}))
+
+
+@cli.command()
+@common
+@click.argument("name")
+@click.option("--client", help="Client IP address, for client groups and their exemptions.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(config_path, db, name: str, client: str | None, as_json: bool) -> None:
+    """Say whether NAME is blocked or allowed, and by which rule; exit 0 either way.
+
+    Example: sinkhole check chat.openai.com --client 10.1.9.20
+    """
+    from resolver.policy import build_policy
+
+    if client is not None:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise click.BadParameter(
+                f"{client!r} is not an IP address", param_hint="--client"
+            ) from None
+    qname = normalize_names((name,))[0]
+    config = get_config(config_path, db)
+    store, catalog = open_store(config)
+    with store:
+        policy = build_policy(catalog, store.policy_state(), config)
+    d = policy.explain(qname, client)
+    action = policy.action_of(d.match[0]) if d.match else None
+    result: dict[str, Any] = {
+        "name": qname,
+        "blocked": d.blocked,
+        "client": client,
+        "group": d.group,
+    }
+    if d.match:
+        rule, pattern = d.match
+        result["rule"] = {
+            "pattern": pattern,
+            "category": rule.category,
+            "service": rule.service,
+            "service_name": rule.service_name,
+            "source": rule.source,
+            "action": action,
+        }
+    if d.allow:
+        result["allow"] = {"pattern": d.allow[1], "source": d.allow[0].source}
+    result["exempted"] = [{"pattern": p, "service": r.service} for r, p in d.exempted]
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    who = f" for client {client}" + (f" (group {d.group})" if d.group else "") if client else ""
+    if d.blocked:
+        rule, pattern = d.match
+        what = f"service {rule.service} ({rule.service_name})" if rule.service else rule.category
+        click.echo(f"{qname}: BLOCKED{who} by rule {pattern} of {what}; answer: {action}")
+        click.echo(f"  source: {rule.source}")
+    else:
+        click.echo(f"{qname}: allowed{who}")
+        if d.allow:
+            click.echo(f"  allow rule {d.allow[1]} ({d.allow[0].source}) beats block rules")
+            if d.match:
+                click.echo(f"  would otherwise be blocked by {d.match[1]} ({d.match[0].label})")
+        elif not d.exempted:
+            click.echo("  no block rule matches; it is forwarded upstream")
+    for rule, pattern in d.exempted:
+        click.echo(f"  group {d.group} is exempt from {rule.service}: rule {pattern} not applied")
+
+
+# -- lists --------------------------------------------------------------------------------
+
+
+@cli.group(cls=SinkholeGroup, invoke_without_command=True)
+@common
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
+    """Catalog services and imported lists, enabled or not, with counts.
+
+    Example: sinkhole lists enable ai-chatbots
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    config = get_config(config_path, db)
+    store, catalog = open_store(config)
+    with store:
+        rows = {r["name"]: r for r in store.lists()}
+    out = []
+    for category, ids in catalog.categories.items():
+        for sid in ids:
+            svc = catalog.services[sid]
+            row = rows.get(sid, {})
+            api = rows.get(f"{sid}:api")
+            out.append(
+                {
+                    "name": sid,
+                    "kind": "service",
+                    "category": category,
+                    "title": svc.name,
+                    "enabled": bool(row.get("enabled")),
+                    "domains": len(svc.domains),
+                    "api": len(svc.api),
+                    "api_blocked": bool(api["enabled"]) if api else None,
+                }
+            )
+    for r in rows.values():
+        if r["kind"] == "imported":
+            out.append(
+                {
+                    "name": r["name"],
+                    "kind": "imported",
+                    "category": r["category"],
+                    "title": r["source"],
+                    "enabled": bool(r["enabled"]),
+                    "domains": r["domains"],
+                    "allow": r["allows"],
+                    "errors": r["errors"],
+                    "updated": r["updated"],
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    width = max((len(r["name"]) for r in out), default=4)
+    click.echo(f"{'NAME':<{width}}  {'ON':<3}  {'NAMES':>7}  {'CATEGORY':<12}  TITLE")
+    for r in out:
+        on = "yes" if r["enabled"] else "no"
+        api = ""
+        if r.get("api"):
+            api = f" [api {'blocked' if r['api_blocked'] else 'allowed'}: {r['name']}:api]"
+        click.echo(
+            f"{r['name']:<{width}}  {on:<3}  {r['domains']:>7}  {r['category']:<12}  "
+            f"{r['title']}{api}"
+        )
+
+
+def _resolve_list_names(store, catalog, names: tuple[str, ...]) -> list[str]:
+    known = {r["name"] for r in store.lists()}
+    out: list[str] = []
+    for name in names:
+        if name in catalog.categories:
+            out.extend(catalog.categories[name])
+        elif name in known:
+            out.append(name)
+        else:
+            raise SinkholeError(
+                f"unknown list {name!r}: use a category ({', '.join(catalog.categories)}), "
+                f"a service id or an imported list (see `sinkhole lists`)"
+            )
+    return out
+
+
+def _toggle(config_path, db, names, comment, enabled: bool) -> None:
+    config = get_config(config_path, db)
+    store, catalog = open_store(config)
+    with store:
+        targets = _resolve_list_names(store, catalog, names)
+        store.set_enabled(targets, enabled, command=command_line(), comment=comment)
+    verb = "enabled" if enabled else "disabled"
+    click.echo(f"{verb}: {', '.join(targets)}")
+
+
+@lists.command("enable")
+@common
+@click.argument("names", nargs=-1, required=True)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_enable(config_path, db, names, comment) -> None:
+    """Enable catalog services (an id, a whole category, ID:api) or imported lists.
+
+    Example: sinkhole lists enable openai-chatgpt anthropic-claude
+    """
+    _toggle(config_path, db, names, comment, True)
+
+
+@lists.command("disable")
+@common
+@click.argument("names", nargs=-1, required=True)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_disable(config_path, db, names, comment) -> None:
+    """Disable catalog services or imported lists; ID:api allows only a service's API.
+
+    Example: sinkhole lists disable openai-chatgpt:api --comment "approved integration"
+    """
+    _toggle(config_path, db, names, comment, False)
+
+
+@lists.command("import")
+@common
+@click.argument("source")
+@click.option("--name", "list_name", required=True, help="Name of the imported list.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "hosts", "domains", "adblock"]),
+    default="auto",
+    show_default=True,
+    help="Format of the source.",
+)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
+    """Import a list from a file or http(s) URL; re-importing replaces it atomically.
+
+    Example: sinkhole lists import https://example.org/ai.txt --name extra-ai
+    """
+    from resolver.listformats import parse_lines, read_source
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", list_name) or ":" in list_name:
+        raise click.BadParameter("letters, digits, '.', '_' and '-' only", param_hint="--name")
+    config = get_config(config_path, db)
+    err = click.get_text_stream("stderr")
+    bar = None
+    progress = None
+    if err.isatty():
+        bar = click.progressbar(length=0, label=f"reading {source}", file=err)
+
+        def progress(done: int, total: int | None) -> None:
+            if total:
+                bar.length = total
+            bar.update(done - bar.pos)
+
+    try:
+        lines = read_source(source, progress)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    result = parse_lines(lines, fmt, source)
+    for message in result.messages()[:20]:
+        click.echo(message, err=True)
+    if len(result.errors) > 20:
+        click.echo(f"{source}: ... and {len(result.errors) - 20} more invalid lines", err=True)
+    store, _catalog = open_store(config)
+    with store:
+        store.import_list(
+            list_name,
+            result.domains,
+            result.allow,
+            source=source,
+            fmt=result.format,
+            errors=len(result.errors),
+            command=command_line(),
+            comment=comment,
+        )
+    click.echo(
+        f"imported {len(result.domains)} names ({len(result.allow)} allowed) into {list_name} "
+        f"from {source} as {result.format}; {len(result.errors)} invalid lines skipped"
+    )
+
+
+@lists.command("remove")
+@common
+@click.argument("name")
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_remove(config_path, db, name, comment) -> None:
+    """Remove an imported list.
+
+    Example: sinkhole lists remove extra-ai
+    """
+    config = get_config(config_path, db)
+    store, _ = open_store(config)
+    with store:
+        store.remove_list(name, command=command_line(), comment=comment)
+    click.echo(f"removed list {name}")
+
+
+@lists.command("history")
+@common
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def lists_history(config_path, db, limit, as_json) -> None:
+    """The audit trail of policy changes: when, who, which command, why.
+
+    Example: sinkhole lists history --limit 10
+    """
+    config = get_config(config_path, db)
+    store, _ = open_store(config)
+    with store:
+        rows = store.history(limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no policy changes recorded yet")
+    for r in rows:
+        why = f"  # {r['comment']}" if r["comment"] else ""
+        click.echo(f"{r['ts']}  {r['user']:<10}  {r['command']}{why}")
+
+
+# -- custom rules ---------------------------------------------------------------------------
+
+
+def _rules(config_path, db, names, comment, action: str, add: bool) -> None:
+    patterns = normalize_names(names)
+    config = get_config(config_path, db)
+    store, _ = open_store(config)
+    with store:
+        if add:
+            store.add_rules(patterns, action, command=command_line(), comment=comment)
+            click.echo(f"{action}: {', '.join(patterns)}")
+            return
+        missing = store.remove_rules(patterns, action, command=command_line(), comment=comment)
+    done = [p for p in patterns if p not in missing]
+    if done:
+        click.echo(f"removed {action} rule: {', '.join(done)}")
+    if missing:
+        raise SinkholeError(f"no {action} rule for {', '.join(missing)}")
+
+
+def _rule_command(name: str, action: str, add: bool, doc: str) -> None:
+    @cli.command(name, help=doc)
+    @common
+    @click.argument("names", nargs=-1, required=True)
+    @click.option("--comment", help="Why; kept in the audit trail.")
+    def command(config_path, db, names, comment) -> None:
+        _rules(config_path, db, names, comment, action, add)
+
+
+_rule_command(
+    "block",
+    "block",
+    True,
+    "Block NAMEs and every name under them (*.x: only under x).\n\n"
+    "Example: sinkhole block chat.example.com --comment 'ticket 4711'",
+)
+_rule_command(
+    "unblock",
+    "block",
+    False,
+    "Remove custom block rules.\n\nExample: sinkhole unblock chat.example.com",
+)
+_rule_command(
+    "allow",
+    "allow",
+    True,
+    "Allow NAMEs; an allow rule beats every block rule.\n\n"
+    "Example: sinkhole allow api.openai.com --comment 'approved integration'",
+)
+_rule_command(
+    "unallow", "allow", False, "Remove allow rules.\n\nExample: sinkhole unallow api.openai.com"
+)
+
+
+@cli.command("export")
+@common
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["hosts", "domains", "dnsmasq", "unbound", "rpz", "adblock"]),
+    help="Output format, for another resolver or blocker.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default stdout).")
+def export_cmd(config_path, db, fmt, output) -> None:
+    """Export what is blocked and allowed now, for Pi-hole, AdGuard, dnsmasq, Unbound, BIND.
+
+    Example: sinkhole export --format dnsmasq -o /etc/dnsmasq.d/ai-chatbots.conf
+    """
+    from resolver.listformats import export
+
+    config = get_config(config_path, db)
+    store, catalog = open_store(config)
+    with store:
+        state = store.policy_state()
+    block: list[str] = [p for p, _ in state.block]
+    allow: list[str] = [p for p, _ in state.allow]
+    for sid, svc in catalog.services.items():
+        if sid in state.enabled_services:
+            block.extend(svc.domains)
+            block.extend(svc.api)
+            allow.extend(svc.keep)
+            if sid in state.disabled_api:
+                allow.extend(svc.api)
+    for lst in state.lists:
+        if lst.enabled:
+            block.extend(lst.domains)
+            allow.extend(lst.allow)
+    text = export(
+        block,
+        allow,
+        fmt,
+        config.sinkhole.ipv4,
+        config.sinkhole.ipv6,
+        config.sinkhole.ttl,
+        header=f"exported by sinkhole {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+    )
+    if output:
+        Path(output).write_text(text)
+        click.echo(
+            f"wrote {len(block)} block and {len(allow)} allow patterns to {output}", err=True
+        )
+    else:
+        click.echo(text, nl=False)
+
+
+# -- hits and retention -------------------------------------------------------------------
+
+
+@cli.command()
+@common
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hits(config_path, db, since, limit, as_json) -> None:
+    """Recent blocked attempts, newest first.
+
+    Example: sinkhole hits --since 7d --limit 20
+    """
+    from resolver.store import Store
+
+    seconds = parse_duration(since)
+    config = get_config(config_path, db)
+    with Store(config.database) as store:
+        rows = store.recent_hits(int(time.time()) - seconds, limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no blocked attempts in the last {since}")
+        return
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"]))
+        who = r["client"] or r["client_group"] or "-"
+        count = f" x{r['count']}" if r["count"] > 1 else ""
+        click.echo(
+            f"{when}  {who:<20}  {r['qtype']:<6} {r['qname']}  "
+            f"({r['service'] or r['category']}: {r['rule']}, {r['action']}){count}"
+        )
+
+
+@cli.command()
+@common
+@click.option("--older-than", help="Age of the hits to delete (default: retention_days).")
+def purge(config_path, db, older_than) -> None:
+    """Delete recorded hits older than the retention period.
+
+    Example: sinkhole purge --older-than 30d
+    """
+    from resolver.store import Store
+
+    config = get_config(config_path, db)
+    seconds = parse_duration(older_than) if older_than else config.privacy.retention_days * 86_400
+    with Store(config.database) as store:
+        n = store.purge(int(time.time()) - seconds)
+    click.echo(f"deleted {n} hits older than {older_than or f'{config.privacy.retention_days}d'}")
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+DEFAULT_CONFIG = """\
+# sinkhole configuration. Every key is optional; the values below are the defaults.
+listen: ["127.0.0.1:1053"]          # production: ["0.0.0.0:53", "[::]:53"]
+upstreams: []                       # empty: the nameservers of /etc/resolv.conf
+upstream_timeout: 2.0               # seconds for a whole answer, failover included
+database: sinkhole.db
+sinkhole: {mode: "null", ipv4: 0.0.0.0, ipv6: "::", ttl: 10}  # null|ip|nxdomain|nodata|refused
+lists: [ai-chatbots, bypass]        # catalog categories/services enabled at first start
+allow_networks: [127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+                 fc00::/7, fe80::/10]
+clients:
+  groups: {}                        # e.g. ai-lab: {networks: [10.1.9.0/24], exempt: [openai-chatgpt]}
+privacy: {clients: ip, retention_days: 90}   # clients: ip|hashed|group|none
+cache: {size: 100000, min_ttl: 0, max_ttl: 86400}
+rate_limit: {per_client: 1000, window: 60, exempt: []}
+workers: 1                          # or "auto": one process per core (SO_REUSEPORT)
+metrics_listen: 127.0.0.1:9153      # /health and /metrics; "" turns it off
+log_level: info
+"""
+
+
+@cli.group("config", cls=SinkholeGroup)
+def config_group() -> None:
+    """Write or validate a config file."""
+
+
+@config_group.command("init")
+@click.option(
+    "-o", "--output", default="sinkhole.yaml", show_default=True, type=click.Path(dir_okay=False)
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(output, force) -> None:
+    """Write a commented config with the defaults.
+
+    Example: sinkhole config init -o /etc/sinkhole/config.yaml
+    """
+    path = Path(output)
+    if path.exists() and not force:
+        raise SinkholeError(f"{output}: exists already (use --force to overwrite)")
+    path.write_text(DEFAULT_CONFIG)
+    click.echo(f"wrote {output}")
+
+
+@config_group.command("check")
+@common
+def config_check(config_path, db) -> None:
+    """Validate the config and the catalog; exit 1 listing every problem.
+
+    Example: sinkhole config check --config /etc/sinkhole/config.yaml
+    """
+    from resolver.catalog import check_catalog, load_catalog
+
+    problems: list[str] = []
+    config = None
+    try:
+        config = get_config(config_path, db)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    catalog_dir = config.catalog if config else None
+    problems.extend(check_catalog(Path(catalog_dir) if catalog_dir else None))
+    if config is not None and not problems:
+        catalog = load_catalog(config.catalog)
+        for i, name in enumerate(config.lists):
+            if name not in catalog.categories and name not in catalog.services:
+                problems.append(f"{config.path}: lists[{i}]: unknown list {name!r}")
+        for label, group in config.clients.groups.items():
+            for sid in group.exempt:
+                if sid not in catalog.services:
+                    problems.append(
+                        f"{config.path}: clients.groups.{label}.exempt: unknown service {sid!r}"
+                    )
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{config_path or 'built-in defaults'}: OK")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="sinkhole")
+    except KeyboardInterrupt:
+        sys.exit(130)

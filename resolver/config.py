@@ -1,0 +1,442 @@
+"""The YAML config file, read into frozen dataclasses; every error names file, key and reason."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resolver.errors import ConfigError
+
+CONFIG_ENV = "SINKHOLE_CONFIG"
+DB_ENV = "SINKHOLE_DB"
+DEFAULT_LISTEN = ("127.0.0.1:1053",)
+DEFAULT_ALLOW_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+)
+SINKHOLE_MODES = ("null", "ip", "nxdomain", "nodata", "refused")
+PRIVACY_MODES = ("ip", "hashed", "group", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+@dataclass(frozen=True)
+class SinkholeConfig:
+    """How a blocked name is answered."""
+
+    mode: str = "null"
+    ipv4: str = "0.0.0.0"
+    ipv6: str = "::"
+    ttl: int = 10
+
+
+@dataclass(frozen=True)
+class ClientGroup:
+    """A labelled set of client networks, optionally exempt from some services."""
+
+    name: str
+    networks: tuple[str, ...]
+    exempt: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    groups: dict[str, ClientGroup] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    clients: str = "ip"
+    retention_days: int = 90
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    size: int = 100_000
+    min_ttl: int = 0
+    max_ttl: int = 86_400
+    negative_ttl: int = 3_600
+    serve_stale: bool = True
+    stale_ttl: int = 86_400
+    prefetch: bool = True
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    per_client: int = 1000
+    window: int = 60
+    exempt: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    max_connections: int = 256
+    idle_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; every field has a working default."""
+
+    path: str | None = None
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    upstreams: tuple[str, ...] = ()
+    upstream_timeout: float = 2.0
+    database: str = "sinkhole.db"
+    sinkhole: SinkholeConfig = field(default_factory=SinkholeConfig)
+    lists: tuple[str, ...] = ("ai-chatbots", "bypass")
+    allow_networks: tuple[str, ...] = DEFAULT_ALLOW_NETWORKS
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    workers: int | str = 1
+    metrics_listen: str = "127.0.0.1:9153"
+    log_level: str = "info"
+    timezone: str | None = None
+    smtp: dict[str, Any] | None = None
+    user: str | None = None
+    version_string: str | None = None
+    catalog: str | None = None
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """A copy with the given top-level fields replaced (CLI options)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def upstream_addresses(self) -> list[tuple[str, int]]:
+        """The upstreams as (host, port); /etc/resolv.conf when none are configured."""
+        entries = self.upstreams or tuple(resolv_conf_nameservers())
+        if not entries:
+            raise ConfigError(
+                f"{self.path or '<defaults>'}: upstreams: none configured and no nameserver "
+                f"in {RESOLV_CONF}"
+            )
+        return [parse_hostport(e, 53, "upstreams") for e in entries]
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(e, 53, "listen") for e in self.listen]
+
+
+def resolv_conf_nameservers(path: str = RESOLV_CONF) -> list[str]:
+    """The `nameserver` lines of resolv.conf, in order."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return []
+    servers = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            servers.append(parts[1].split("%")[0])
+    return servers
+
+
+def parse_hostport(text: str, default_port: int, key: str = "address") -> tuple[str, int]:
+    """'1.2.3.4', '1.2.3.4:53', '[::1]:53', '::1' -> (host, port).
+
+    Raises:
+        ConfigError: the text is not an IP address with an optional port.
+    """
+    text = str(text).strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{key}: {text!r} is missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{key}: {text!r} is not [ADDRESS]:PORT")
+            port = _port(rest[1:], key, text)
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, key, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not an IP address (with optional :port)") from None
+    return host, port
+
+
+def _port(text: str, key: str, whole: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"{key}: {whole!r} has an invalid port")
+    return int(text)
+
+
+class _Reader:
+    """Validates one mapping of the YAML document, collecting the key path for errors."""
+
+    def __init__(self, source: str, data: Any, prefix: str = "") -> None:
+        self.source = source
+        self.prefix = prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(prefix.rstrip(".") or "(top level)", "must be a mapping")
+        self.data: dict = data
+        self.seen: set[str] = set()
+
+    def fail(self, key: str, reason: str) -> None:
+        raise ConfigError(f"{self.source}: {key}: {reason}")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def get(self, name: str, default: Any) -> Any:
+        self.seen.add(name)
+        return self.data.get(name, default)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(self.key(name), f"must be a whole number (got {value!r})")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            self.fail(self.key(name), f"must be {bound} (got {value})")
+        return value
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= minimum:
+            self.fail(self.key(name), f"must be a number > {minimum} (got {value!r})")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(self.key(name), f"must be true or false (got {value!r})")
+        return value
+
+    def string(self, name: str, default: str | None, allow_none: bool = False) -> str | None:
+        value = self.get(name, default)
+        if value is None and allow_none:
+            return None
+        if not isinstance(value, str):
+            self.fail(self.key(name), f"must be a string (got {value!r})")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(name, default)
+        if value is None and "null" in choices:
+            value = "null"
+        if value not in choices:
+            self.fail(self.key(name), f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, default)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            self.fail(self.key(name), "must be a list of strings")
+        return tuple(value)
+
+    def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.strings(name, default)
+        for i, v in enumerate(values):
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                self.fail(f"{self.key(name)}[{i}]", f"{v!r} is not a network (like 10.0.0.0/8)")
+        return values
+
+    def section(self, name: str) -> _Reader:
+        return _Reader(self.source, self.get(name, None), f"{self.prefix}{name}.")
+
+    def finish(self) -> None:
+        unknown = [k for k in self.data if k not in self.seen]
+        if unknown:
+            k = str(unknown[0])
+            hint = difflib.get_close_matches(k, sorted(self.seen), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            self.fail(self.key(k), f"unknown key{extra}")
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate a config file; no path (and no $SINKHOLE_CONFIG) gives the defaults.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a key is wrong; the message
+            names the file, the key and the reason.
+    """
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {where}: invalid YAML: {problem}") from None
+    return parse_config(data, source)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a Config."""
+    top = _Reader(source, data)
+    listen = top.strings("listen", DEFAULT_LISTEN)
+    if not listen:
+        top.fail("listen", "needs at least one address")
+    for i, entry in enumerate(listen):
+        _check_hostport(top, f"listen[{i}]", entry, 53)
+    upstreams = top.strings("upstreams", ())
+    for i, entry in enumerate(upstreams):
+        _check_hostport(top, f"upstreams[{i}]", entry, 53)
+    upstream_timeout = top.number("upstream_timeout", 2.0)
+    database = top.string("database", "sinkhole.db")
+    sink = top.section("sinkhole")
+    sinkhole = SinkholeConfig(
+        mode=sink.choice("mode", "null", SINKHOLE_MODES),
+        ipv4=_address(sink, "ipv4", "0.0.0.0", 4),
+        ipv6=_address(sink, "ipv6", "::", 6),
+        ttl=sink.integer("ttl", 10, 0, 604_800),
+    )
+    sink.finish()
+    lists = top.strings("lists", ("ai-chatbots", "bypass"))
+    allow_networks = top.networks("allow_networks", DEFAULT_ALLOW_NETWORKS)
+    clients_r = top.section("clients")
+    groups_r = clients_r.section("groups")
+    groups: dict[str, ClientGroup] = {}
+    for label in list(groups_r.data):
+        g = groups_r.section(str(label))
+        networks = g.networks("networks", ())
+        if not networks:
+            g.fail(g.key("networks"), "needs at least one network")
+        groups[str(label)] = ClientGroup(str(label), networks, g.strings("exempt", ()))
+        g.finish()
+    clients_r.finish()
+    priv = top.section("privacy")
+    privacy = PrivacyConfig(
+        clients=priv.choice("clients", "ip", PRIVACY_MODES),
+        retention_days=priv.integer("retention_days", 90, 1, 36_500),
+    )
+    priv.finish()
+    c = top.section("cache")
+    cache = CacheConfig(
+        size=c.integer("size", 100_000, 0),
+        min_ttl=c.integer("min_ttl", 0, 0),
+        max_ttl=c.integer("max_ttl", 86_400, 0),
+        negative_ttl=c.integer("negative_ttl", 3_600, 0),
+        serve_stale=c.boolean("serve_stale", True),
+        stale_ttl=c.integer("stale_ttl", 86_400, 0),
+        prefetch=c.boolean("prefetch", True),
+    )
+    if cache.min_ttl > cache.max_ttl:
+        c.fail("cache.min_ttl", f"must not exceed cache.max_ttl ({cache.max_ttl})")
+    c.finish()
+    r = top.section("rate_limit")
+    rate_limit = RateLimitConfig(
+        per_client=r.integer("per_client", 1000, 0),
+        window=r.integer("window", 60, 1),
+        exempt=r.networks("exempt", ()),
+    )
+    r.finish()
+    t = top.section("tcp")
+    tcp = TcpConfig(
+        max_connections=t.integer("max_connections", 256, 1),
+        idle_timeout=t.number("idle_timeout", 10.0),
+    )
+    t.finish()
+    workers = top.get("workers", 1)
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)):
+        top.fail("workers", f"must be a whole number or 'auto' (got {workers!r})")
+    if isinstance(workers, int) and not 1 <= workers <= 64:
+        top.fail("workers", f"must be from 1 to 64 (got {workers})")
+    metrics_listen = top.string("metrics_listen", "127.0.0.1:9153", allow_none=True) or ""
+    if metrics_listen:
+        _check_hostport(top, "metrics_listen", metrics_listen, 9153)
+    log_level = top.choice("log_level", "info", LOG_LEVELS)
+    timezone = top.string("timezone", None, allow_none=True)
+    if timezone:
+        _check_timezone(top, timezone)
+    smtp = top.get("smtp", None)
+    if smtp is not None:
+        s = _Reader(source, smtp, "smtp.")
+        s.string("host", None)
+        s.integer("port", 25, 1, 65535)
+        s.boolean("starttls", False)
+        s.string("user", None, allow_none=True)
+        s.string("password_file", None, allow_none=True)
+        s.string("from", "sinkhole@localhost")
+        s.finish()
+    user = top.string("user", None, allow_none=True)
+    version_string = top.string("version_string", None, allow_none=True)
+    catalog = top.string("catalog", None, allow_none=True)
+    top.finish()
+    return Config(
+        path=source,
+        listen=listen,
+        upstreams=upstreams,
+        upstream_timeout=upstream_timeout,
+        database=database,
+        sinkhole=sinkhole,
+        lists=lists,
+        allow_networks=allow_networks,
+        clients=ClientsConfig(groups),
+        privacy=privacy,
+        cache=cache,
+        rate_limit=rate_limit,
+        tcp=tcp,
+        workers=workers,
+        metrics_listen=metrics_listen,
+        log_level=log_level,
+        timezone=timezone,
+        smtp=smtp,
+        user=user,
+        version_string=version_string,
+        catalog=catalog,
+    )
+
+
+def _check_hostport(reader: _Reader, key: str, value: str, default_port: int) -> None:
+    try:
+        parse_hostport(value, default_port, key)
+    except ConfigError as exc:
+        reader.fail(key, str(exc).split(": ", 1)[1])
+
+
+def _address(reader: _Reader, name: str, default: str, version: int) -> str:
+    value = reader.string(name, default)
+    try:
+        ok = ipaddress.ip_address(value).version == version
+    except ValueError:
+        ok = False
+    if not ok:
+        reader.fail(reader.key(name), f"must be an IPv{version} address (got {value!r})")
+    return value
+
+
+def _check_timezone(reader: _Reader, name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        reader.fail("timezone", f"unknown time zone {name!r} (like Europe/Paris)")

@@ -1,0 +1,335 @@
+"""The chain a query walks through: guards, policy, cache, upstream; each step answers or passes."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Coroutine
+from enum import IntEnum
+from typing import Any
+
+from resolver import wire
+from resolver.cache import STALE_ANSWER_TTL, Cache, personalise
+from resolver.config import Config
+from resolver.policy import Policy
+from resolver.upstream import Forwarder
+from resolver.wire import Query, Rcode, WireError
+
+log = logging.getLogger("sinkhole.pipeline")
+
+#: Distinct questions waiting on upstreams at once; past it, new ones get SERVFAIL
+#: so a random-subdomain flood cannot grow memory or upstream load without bound.
+MAX_INFLIGHT = 4096
+ACL_MEMO_SIZE = 65_536
+RATE_LIMIT_TABLE_SIZE = 100_000
+
+
+class Outcome(IntEnum):
+    """What happened to a query; drives counters, hits and logs."""
+
+    BLOCKED = 0  #: answered with the sinkhole
+    FORWARDED = 1  #: answered by an upstream
+    CACHED = 2  #: answered from the cache
+    STALE = 3  #: an expired cached answer, every upstream failing (RFC 8767)
+    REFUSED = 4  #: client outside allow_networks, or CHAOS
+    RATE_LIMITED = 5  #: client over its rate limit
+    FAILED = 6  #: SERVFAIL: no upstream answered
+    FORMERR = 7  #: malformed query
+    NOTIMP = 8  #: opcode other than QUERY
+    DROPPED = 9  #: no answer at all (unreadable header, QR set)
+    LOCAL = 10  #: answered locally (CHAOS version string)
+
+
+class Request:
+    """One query on its way through the chain."""
+
+    __slots__ = ("query", "client", "tcp", "outcome")
+
+    def __init__(self, query: Query, client: str, tcp: bool) -> None:
+        self.query = query
+        self.client = client
+        self.tcp = tcp
+
+
+class AccessGuard:
+    """REFUSED outside allow_networks: an open resolver is an amplification weapon."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.memo: dict[str, bool] = {}
+
+    def allowed(self, client: str) -> bool:
+        ok = self.memo.get(client)
+        if ok is None:
+            try:
+                addr = ipaddress.ip_address(client.split("%")[0])
+                if addr.version == 6 and addr.ipv4_mapped:
+                    addr = addr.ipv4_mapped
+                ok = any(addr in n for n in self.networks)
+            except ValueError:
+                ok = False
+            if len(self.memo) >= ACL_MEMO_SIZE:
+                self.memo.clear()
+            self.memo[client] = ok
+        return ok
+
+    def __call__(self, req: Request) -> bytes | None:
+        if self.allowed(req.client):
+            return None
+        req.outcome = Outcome.REFUSED
+        return wire.error_response(req.query.wire, Rcode.REFUSED)
+
+
+class RateLimiter:
+    """Token bucket per client: `per_client` queries per `window` seconds, then REFUSED."""
+
+    def __init__(self, per_client: int, window: int, exempt: tuple[str, ...]) -> None:
+        self.capacity = float(per_client)
+        self.rate = per_client / window if window else 0.0
+        self.exempt = AccessGuard(exempt) if exempt else None
+        self.buckets: dict[str, list[float]] = {}
+        self.logged: dict[str, float] = {}
+
+    def __call__(self, req: Request) -> bytes | None:
+        client = req.client
+        bucket = self.buckets.get(client)
+        now = time.monotonic()
+        if bucket is None:
+            if self.exempt is not None and self.exempt.allowed(client):
+                return None
+            if len(self.buckets) >= RATE_LIMIT_TABLE_SIZE:
+                self.buckets.clear()
+            bucket = self.buckets[client] = [self.capacity, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return None
+        bucket[0] = tokens
+        last = self.logged.get(client, 0.0)
+        if now - last >= 60:
+            # One line per client per minute, not one per refused query.
+            self.logged[client] = now
+            log.warning("client %s is over its rate limit; refusing its queries", client)
+        req.outcome = Outcome.RATE_LIMITED
+        return wire.error_response(req.query.wire, Rcode.REFUSED)
+
+
+class ChaosGuard:
+    """CHAOS class (version.bind, hostname.bind): answered here, never forwarded."""
+
+    def __init__(self, version_string: str | None) -> None:
+        self.version = version_string
+
+    def __call__(self, req: Request) -> bytes | None:
+        q = req.query
+        if q.qclass != wire.CLASS_CH:
+            return None
+        if self.version and q.name in ("version.bind", "version.server") and q.qtype in (16, 255):
+            txt = self.version.encode()[:255]
+            rdata = bytes([len(txt)]) + txt
+            record = b"\xc0\x0c" + wire.RR_FIXED.pack(16, wire.CLASS_CH, 0, len(rdata)) + rdata
+            opt = wire.opt_record(q.do) if q.edns else b""
+            req.outcome = Outcome.LOCAL
+            return (
+                wire.HEADER.pack(q.id, wire.header_flags(q, 0, aa=True), 1, 1, 0, 1 if opt else 0)
+                + q.question
+                + record
+                + opt
+            )
+        req.outcome = Outcome.REFUSED
+        return wire.error_response(q.wire, Rcode.REFUSED)
+
+
+class Blocker:
+    """A blocked name gets the sinkhole answer; nothing about it goes upstream."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def __call__(self, req: Request) -> bytes | None:
+        r = self.resolver
+        q = req.query
+        match = r.policy.decide(q.name, req.client)
+        if match is None:
+            return None
+        return r.blocked(req, match)
+
+
+class CacheStep:
+    """A fresh cached answer, patched with the client's ID, question and aged TTLs."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def __call__(self, req: Request) -> bytes | None:
+        r = self.resolver
+        now = time.monotonic()
+        entry = r.cache.get(req.query, now)
+        if entry is None:
+            return None
+        if entry.cnames:
+            for name in entry.cnames:
+                match = r.policy.decide(name, req.client)
+                if match is not None:
+                    return r.blocked(req, match)
+        if r.cache.wants_prefetch(entry, now):
+            entry.prefetching = True
+            r.spawn(r.fetch(req.query))
+        req.outcome = Outcome.CACHED
+        out = personalise(entry.render(int(now - entry.stored)), req.query)
+        if not req.tcp and len(out) > req.query.max_udp:
+            return wire.truncated(req.query, out)
+        return out
+
+
+class Resolver:
+    """Owns the chain and the state it works on; `handle` is shared by UDP and TCP."""
+
+    def __init__(self, config: Config, policy: Policy, forwarder: Forwarder, recorder=None):
+        self.config = config
+        self.policy = policy
+        self.forwarder = forwarder
+        self.recorder = recorder
+        self.cache = Cache(config.cache)
+        self.counts = [0] * len(Outcome)
+        self.inflight: dict[bytes, asyncio.Task] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.steps = self.build_chain(config)
+
+    def build_chain(self, config: Config) -> list:
+        steps: list = []
+        # Refuse strangers before doing any work for them: we are not an open resolver.
+        steps.append(AccessGuard(config.allow_networks))
+        # Rate limit before policy and cache, so a flood costs a dict lookup per packet.
+        if config.rate_limit.per_client > 0:
+            steps.append(
+                RateLimiter(
+                    config.rate_limit.per_client, config.rate_limit.window, config.rate_limit.exempt
+                )
+            )
+        # CHAOS queries are about this server, not the internet: never forward them.
+        steps.append(ChaosGuard(config.version_string))
+        # Policy before the cache: a name blocked a second ago must not be served from it.
+        steps.append(Blocker(self))
+        # Then the cache; what it misses goes upstream (the terminal step, async).
+        steps.append(CacheStep(self))
+        return steps
+
+    def reconfigure(self, config: Config, policy: Policy, forwarder: Forwarder) -> None:
+        """Swap in a new config: each piece is replaced whole, never half-applied."""
+        self.config = config
+        self.policy = policy
+        self.forwarder = forwarder
+        self.steps = self.build_chain(config)
+
+    def traffic_totals(self) -> list[int]:
+        """queries, blocked, forwarded, cached, failed, refused (for the traffic table)."""
+        c = self.counts
+        return [
+            sum(c) - c[Outcome.DROPPED],
+            c[Outcome.BLOCKED],
+            c[Outcome.FORWARDED],
+            c[Outcome.CACHED] + c[Outcome.STALE],
+            c[Outcome.FAILED],
+            c[Outcome.REFUSED] + c[Outcome.RATE_LIMITED],
+        ]
+
+    def spawn(self, coro: Coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def handle(self, data: bytes, client: str, tcp: bool = False) -> bytes | None | Coroutine:
+        """Answer bytes, None (drop), or a coroutine that resolves to the answer."""
+        try:
+            q = wire.parse_query(data)
+        except WireError as exc:
+            return self._refuse_malformed(data, exc)
+        except Exception:  # noqa: BLE001 - no packet may stop the server
+            log.exception("unexpected error parsing a query")
+            self.counts[Outcome.FORMERR] += 1
+            return wire.error_response(data, Rcode.FORMERR)
+        req = Request(q, client, tcp)
+        for step in self.steps:
+            out = step(req)
+            if out is not None:
+                self.counts[req.outcome] += 1
+                return out
+        return self.forward(req)
+
+    def _refuse_malformed(self, data: bytes, exc: WireError) -> bytes | None:
+        if exc.rcode is None:
+            self.counts[Outcome.DROPPED] += 1
+            return None
+        self.counts[Outcome.NOTIMP if exc.rcode == Rcode.NOTIMP else Outcome.FORMERR] += 1
+        return wire.error_response(data, exc.rcode)
+
+    def blocked(self, req: Request, match) -> bytes:
+        rule, pattern = match
+        policy = self.policy
+        q = req.query
+        req.outcome = Outcome.BLOCKED
+        if self.recorder is not None:
+            self.recorder.hit(
+                req.client, q.name, wire.qtype_name(q.qtype), rule, pattern, policy.action_of(rule)
+            )
+        return policy.answer(q, rule)
+
+    async def fetch(self, q: Query) -> tuple[bytes, Any] | None:
+        """Ask upstream once for everyone waiting on this question; fill the cache."""
+        try:
+            data, answer = await self.forwarder.resolve(q)
+        except WireError:
+            return None
+        except Exception:  # noqa: BLE001 - an upstream fault must not stop the server
+            log.exception("unexpected error forwarding %s", q.name)
+            return None
+        self.cache.store(q, data, answer)
+        return data, answer
+
+    async def forward(self, req: Request) -> bytes | None:
+        q = req.query
+        task = self.inflight.get(q.key)
+        if task is None:
+            if len(self.inflight) >= MAX_INFLIGHT:
+                return self._fail(req)
+            task = asyncio.ensure_future(self.fetch(q))
+            self.inflight[q.key] = task
+            task.add_done_callback(lambda _t, k=q.key: self.inflight.pop(k, None))
+        try:
+            # Identical questions share one upstream exchange (retries are not multiplied).
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        if result is None:
+            stale = self.cache.get_stale(q, time.monotonic())
+            if stale is not None:
+                self.counts[Outcome.STALE] += 1
+                req.outcome = Outcome.STALE
+                return self._deliver(req, personalise(stale.render(0, STALE_ANSWER_TTL), q))
+            return self._fail(req)
+        data, answer = result
+        for name in answer.cnames:
+            match = self.policy.decide(name, req.client)
+            if match is not None:
+                # The CNAME chain enters a blocked name: the whole answer is blocked.
+                out = self.blocked(req, match)
+                self.counts[Outcome.BLOCKED] += 1
+                return out
+        self.counts[Outcome.FORWARDED] += 1
+        return self._deliver(req, q.wire[:2] + data[2:12] + q.question + data[q.question_end :])
+
+    def _deliver(self, req: Request, out: bytes) -> bytes:
+        if not req.tcp and len(out) > req.query.max_udp:
+            return wire.truncated(req.query, out)
+        return out
+
+    def _fail(self, req: Request) -> bytes | None:
+        self.counts[Outcome.FAILED] += 1
+        return wire.error_response(req.query.wire, Rcode.SERVFAIL)

@@ -1,0 +1,420 @@
+"""asyncio UDP and TCP listeners, workers, signals, live policy reload and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Coroutine
+
+from resolver import __version__
+from resolver.catalog import load_catalog
+from resolver.config import Config, load_config
+from resolver.errors import SinkholeError
+from resolver.pipeline import Resolver
+from resolver.policy import Policy, PolicyState, build_policy
+from resolver.store import Recorder, Store
+from resolver.upstream import Forwarder
+
+log = logging.getLogger("sinkhole")
+
+#: How often the server looks for a policy change made with the CLI (seconds).
+POLICY_POLL = 0.5
+#: Shutdown: stop listening, give in-flight queries this long, then cancel them.
+SHUTDOWN_GRACE = 1.5
+TCP_MAX_MESSAGE = 65_535
+#: Under pressure (connections above this share of the limit) idle TCP clients get less time.
+TCP_PRESSURE_SHARE = 0.5
+TCP_PRESSURE_IDLE = 1.0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="sinkhole: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def seeded_state(catalog, config: Config) -> PolicyState:
+    """The policy the config asks for, used when the database cannot be read."""
+    state = PolicyState()
+    for name in config.lists:
+        if name in catalog.categories or name in catalog.services:
+            state.enabled_services.update(catalog.resolve(name))
+    return state
+
+
+def load_policy(config: Config, catalog, db_path: str) -> tuple[Policy, str | None]:
+    """Policy from the database; when it can't be read, from the config (DNS goes on)."""
+    try:
+        with Store(db_path) as store:
+            store.seed(catalog, config.lists)
+            state = store.policy_state()
+        return build_policy(catalog, state, config), None
+    except SinkholeError as exc:
+        return build_policy(catalog, seeded_state(catalog, config), config), str(exc)
+
+
+def _policy_version(db_path: str) -> int | None:
+    try:
+        with Store(db_path, timeout=1.0) as store:
+            return store.policy_version()
+    except SinkholeError:
+        return None
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            out = self.server.resolver.handle(data, addr[0], False)
+        except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
+            log.exception("error handling a UDP query from %s", addr[0])
+            return
+        if out is None:
+            return
+        if type(out) is bytes:
+            self.transport.sendto(out, addr)
+        else:
+            self.server.spawn(self._later(out, addr))
+
+    async def _later(self, coro: Coroutine, addr) -> None:
+        out = await coro
+        if out is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(out, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for a client that went away: nothing to do
+
+
+class Server:
+    """One process serving DNS on every listen address."""
+
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+        self.config = config
+        self.reuse_port = reuse_port
+        self.catalog = load_catalog(config.catalog)
+        self.db_path = config.database
+        policy, fault = load_policy(config, self.catalog, self.db_path)
+        if fault:
+            log.error("%s; serving the policy of the config until it can be read", fault)
+        self.policy_version = policy.version if not fault else None
+        self.recorder = Recorder(
+            self.db_path,
+            privacy=config.privacy.clients,
+            retention_days=config.privacy.retention_days,
+            group_of=lambda c: self.resolver.policy.client_info(c)[0],
+        )
+        self.forwarder = Forwarder(config.upstream_addresses(), config.upstream_timeout)
+        self.resolver = Resolver(config, policy, self.forwarder, self.recorder)
+        self.recorder.traffic = self.resolver.traffic_totals
+        self.transports: list = []
+        self.tcp_servers: list[asyncio.base_events.Server] = []
+        self.tcp_connections: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping: asyncio.Event | None = None
+        self.started = time.time()
+        self.metrics = None
+        self.overrides: dict = {}
+        self.watcher: asyncio.Task | None = None
+
+    def spawn(self, coro: Coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- sockets ------------------------------------------------------------------------
+
+    def bind(self) -> list[socket.socket]:
+        """Bind every listen address, UDP and TCP; raise SinkholeError with one clear line."""
+        socks = []
+        for host, port in self.config.listen_addresses():
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = socket.socket(family, kind)
+                try:
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if kind == socket.SOCK_STREAM:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if self.reuse_port:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    s.bind((host, port))
+                    if kind == socket.SOCK_STREAM:
+                        s.listen(512)
+                    s.setblocking(False)
+                except OSError as exc:
+                    s.close()
+                    for other in socks:
+                        other.close()
+                    proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+                    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    if exc.errno == errno.EADDRINUSE:
+                        reason = "address already in use (another DNS server running?)"
+                    elif exc.errno == errno.EACCES:
+                        reason = (
+                            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                        )
+                    elif exc.errno == errno.EADDRNOTAVAIL:
+                        reason = "no such address on this machine"
+                    else:
+                        reason = exc.strerror or str(exc)
+                    raise SinkholeError(f"cannot listen on {proto} {addr}: {reason}") from None
+                socks.append(s)
+        return socks
+
+    async def start(self, socks: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for s in socks:
+            if s.type == socket.SOCK_DGRAM:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: UdpProtocol(self), sock=s
+                )
+                self.transports.append(transport)
+            else:
+                server = await asyncio.start_server(
+                    self._tcp_client, sock=s, limit=TCP_MAX_MESSAGE + 2
+                )
+                self.tcp_servers.append(server)
+        self.recorder.start()
+        self.watcher = asyncio.ensure_future(self._watch_policy())
+
+    # -- TCP (RFC 7766) ---------------------------------------------------------------------
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.tcp_connections.add(task)
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "?"
+        limit = self.config.tcp.max_connections
+        pending: set[asyncio.Task] = set()
+        try:
+            if len(self.tcp_connections) > limit:
+                return  # over the connection limit: close at once
+            while True:
+                idle = self.config.tcp.idle_timeout
+                if len(self.tcp_connections) > limit * TCP_PRESSURE_SHARE:
+                    idle = min(idle, TCP_PRESSURE_IDLE)
+                try:
+                    # The whole message must arrive within the idle time: a client
+                    # sending one byte a second cannot hold a slot forever.
+                    async with asyncio.timeout(idle):
+                        size = struct.unpack("!H", await reader.readexactly(2))[0]
+                        data = await reader.readexactly(size)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                try:
+                    out = self.resolver.handle(data, client, True)
+                except Exception:  # noqa: BLE001
+                    log.exception("error handling a TCP query from %s", client)
+                    break
+                if out is None:
+                    continue
+                if type(out) is bytes:
+                    writer.write(struct.pack("!H", len(out)) + out)
+                else:
+                    # Pipelined queries are answered as they complete (RFC 7766 6.2.1.1).
+                    t = asyncio.ensure_future(self._tcp_later(out, writer))
+                    pending.add(t)
+                    t.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(pending, timeout=self.config.upstream_timeout + 0.5)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for t in pending:
+                t.cancel()
+            self.tcp_connections.discard(task)
+            writer.close()
+
+    async def _tcp_later(self, coro: Coroutine, writer: asyncio.StreamWriter) -> None:
+        out = await coro
+        if out is not None and not writer.is_closing():
+            writer.write(struct.pack("!H", len(out)) + out)
+
+    # -- live changes ---------------------------------------------------------------------------
+
+    async def _watch_policy(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(POLICY_POLL)
+            try:
+                version = await loop.run_in_executor(None, _policy_version, self.db_path)
+                if version is not None and version != self.policy_version:
+                    await self.reload_policy(version)
+            except Exception:  # noqa: BLE001 - a reload problem must never stop DNS
+                log.exception("policy reload failed; keeping the current policy")
+
+    async def reload_policy(self, version: int | None = None, config: Config | None = None) -> None:
+        """Build the new policy off the loop, then swap it in one assignment."""
+        loop = asyncio.get_running_loop()
+        config = config or self.config
+        catalog = self.catalog
+        policy, fault = await loop.run_in_executor(None, load_policy, config, catalog, self.db_path)
+        if fault:
+            log.error("%s; keeping the current policy", fault)
+            return
+        self.resolver.policy = policy
+        self.policy_version = policy.version
+        log.info(
+            "policy version %s loaded: %d block patterns, %d allow patterns",
+            policy.version,
+            policy.matcher.block_count,
+            policy.matcher.allow_count,
+        )
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read config and catalog; on any error keep everything as it is."""
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.config.path)
+            config = config.with_overrides(**self.overrides)
+            catalog = await loop.run_in_executor(None, load_catalog, config.catalog)
+            policy, fault = await loop.run_in_executor(
+                None, load_policy, config, catalog, self.db_path
+            )
+            if fault:
+                raise SinkholeError(fault)
+            forwarder = Forwarder(config.upstream_addresses(), config.upstream_timeout)
+        except SinkholeError as exc:
+            log.error("reload failed, keeping the running config and policy: %s", exc)
+            return
+        if config.listen != self.config.listen or config.workers != self.config.workers:
+            log.warning("listen and workers changes take effect after a restart")
+        self.catalog = catalog
+        self.config = config
+        self.forwarder = forwarder
+        self.resolver.reconfigure(config, policy, forwarder)
+        self.policy_version = policy.version
+        log.info("reloaded config and catalog: %d block patterns", policy.matcher.block_count)
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop listening, drain in-flight queries, cancel the rest, flush the recorder."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+        for t in self.transports:
+            t.close()
+        for s in self.tcp_servers:
+            s.close()
+        pending = self.tasks | self.resolver.tasks | self.tcp_connections
+        if pending:
+            await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
+        for t in list(self.tasks | self.resolver.tasks | self.tcp_connections):
+            t.cancel()
+        for task in list(self.resolver.inflight.values()):
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.recorder.stop)
+        if self.metrics is not None:
+            self.metrics.stop()
+
+    def describe(self) -> list[str]:
+        cfg = self.config
+        m = self.resolver.policy.matcher
+        services = self.resolver.policy.enabled_services
+        enabled = sorted({self.catalog.services[s].category for s in services})
+        return [
+            f"sinkhole {__version__} listening on " + ", ".join(f"udp+tcp {a}" for a in cfg.listen),
+            "upstreams: " + ", ".join(str(u) for u in self.forwarder.upstreams),
+            f"blocking {m.block_count} patterns ({', '.join(enabled) or 'no catalog service'}),"
+            f" {m.allow_count} allowed; answer mode {cfg.sinkhole.mode}",
+            f"database: {self.db_path}; privacy: clients {cfg.privacy.clients}, "
+            f"retention {cfg.privacy.retention_days} days",
+        ]
+
+
+def drop_privileges(user: str, paths: list[str]) -> None:
+    """After binding port 53 as root, continue as `user` (the database stays writable)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SinkholeError(f"user: no such user {user!r}") from None
+    for p in paths:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(p + suffix):
+                os.chown(p + suffix, pw.pw_uid, pw.pw_gid)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    log.info("running as user %s", user)
+
+
+def run_server(config: Config, overrides: dict | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging(config.log_level)
+    workers = config.workers
+    if workers == "auto":
+        workers = os.cpu_count() or 1
+    if workers > 1:
+        from resolver.workers import run_workers
+
+        return run_workers(config, workers, overrides or {})
+    return run_one(config, overrides or {}, reuse_port=False)
+
+
+def run_one(config: Config, overrides: dict, *, reuse_port: bool, quiet: bool = False) -> int:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = asyncio.new_event_loop
+    try:
+        server = Server(config, reuse_port=reuse_port)
+        server.overrides = overrides
+        socks = server.bind()
+        if config.user and os.getuid() == 0:
+            drop_privileges(config.user, [server.db_path])
+    except SinkholeError as exc:
+        print(f"sinkhole: {exc}", file=sys.stderr)
+        return 1
+    loop = loop_factory()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(server, socks, quiet))
+    finally:
+        loop.close()
+
+
+async def _main(server: Server, socks: list[socket.socket], quiet: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
+    await server.start(socks)
+    if server.config.metrics_listen:
+        try:
+            from resolver.metrics import MetricsServer
+
+            server.metrics = MetricsServer(server)
+            server.metrics.start()
+        except ImportError:
+            pass
+        except SinkholeError as exc:
+            log.error("%s", exc)
+    if not quiet:
+        for line in server.describe():
+            log.info("%s", line)
+    await stop.wait()
+    log.info("stopping")
+    await server.shutdown()
+    return 0

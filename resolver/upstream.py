@@ -1,0 +1,262 @@
+"""Forwarding to upstream resolvers: UDP with fresh ID and port, TCP on TC, failover, budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import struct
+import time
+
+from resolver import wire
+from resolver.wire import Answer, Query, Rcode, WireError
+
+log = logging.getLogger("sinkhole.upstream")
+
+#: When a UDP attempt gets no answer, the next one goes out after this long (seconds);
+#: earlier attempts keep listening, so a slow upstream's late answer still counts.
+RETRY_AFTER = (0.4, 0.6, 0.8)
+#: Consecutive failures after which an upstream is put last until its backoff ends.
+DOWN_AFTER_FAILURES = 3
+BACKOFF_START = 2.0
+BACKOFF_MAX = 60.0
+MAX_UDP_ANSWER = 65_535
+
+
+class Upstream:
+    """One upstream resolver and its health."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.failures = 0
+        self.down_until = 0.0
+        self.backoff = BACKOFF_START
+        self.answers = 0
+        self.errors = 0
+        self.latency_sum = 0.0
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def up(self) -> bool:
+        return self.down_until <= time.monotonic()
+
+    def succeeded(self, latency: float) -> None:
+        if self.failures >= DOWN_AFTER_FAILURES:
+            log.warning("upstream %s is answering again", self)
+        self.failures = 0
+        self.down_until = 0.0
+        self.backoff = BACKOFF_START
+        self.answers += 1
+        self.latency_sum += latency
+
+    def failed(self) -> None:
+        self.errors += 1
+        self.failures += 1
+        if self.failures >= DOWN_AFTER_FAILURES:
+            if self.failures == DOWN_AFTER_FAILURES:
+                log.warning("upstream %s is not answering; trying the others first", self)
+            self.down_until = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+
+class _Attempt:
+    """One UDP query on its own connected socket: a fresh source port the kernel picks."""
+
+    __slots__ = ("sock", "upstream", "ident", "sent", "loop", "done")
+
+    def __init__(self, loop, upstream: Upstream, packet: bytes, on_reply, ident: int) -> None:
+        self.loop = loop
+        self.upstream = upstream
+        self.ident = ident
+        self.done = False
+        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # connect() picks a random ephemeral port and makes the kernel drop
+            # datagrams from any other address or port (RFC 5452 9.1).
+            sock.connect((upstream.host, upstream.port))
+            sock.send(packet)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.sent = time.monotonic()
+        loop.add_reader(sock.fileno(), on_reply, self)
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            try:
+                self.loop.remove_reader(self.sock.fileno())
+            finally:
+                self.sock.close()
+
+
+class _Exchange:
+    """The attempts for one query; the first valid answer wins, failures wake the sender."""
+
+    __slots__ = ("query", "loop", "attempts", "result", "last_error", "wake", "excluded")
+
+    def __init__(self, query: Query, loop: asyncio.AbstractEventLoop) -> None:
+        self.query = query
+        self.loop = loop
+        self.attempts: list[_Attempt] = []
+        self.result: tuple[bytes, Answer, Upstream] | None = None
+        self.last_error: tuple[bytes, Answer] | None = None
+        self.wake: asyncio.Future | None = None
+        self.excluded: set[Upstream] = set()
+
+    @property
+    def live(self) -> int:
+        return sum(1 for a in self.attempts if not a.done)
+
+    def _wake(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    def send(self, upstream: Upstream) -> None:
+        ident = secrets.randbits(16)
+        packet = struct.pack("!H", ident) + self.query.wire[2:]
+        try:
+            self.attempts.append(_Attempt(self.loop, upstream, packet, self.on_reply, ident))
+        except OSError as exc:
+            log.debug("cannot send to %s: %s", upstream, exc)
+            upstream.failed()
+            self.excluded.add(upstream)
+
+    def on_reply(self, attempt: _Attempt) -> None:
+        try:
+            data = attempt.sock.recv(MAX_UDP_ANSWER)
+        except BlockingIOError:
+            return
+        except OSError:
+            # ECONNREFUSED (ICMP port unreachable): this upstream is closed; move on at once.
+            attempt.close()
+            attempt.upstream.failed()
+            self.excluded.add(attempt.upstream)
+            self._wake()
+            return
+        if len(data) < 2 or (data[0] << 8 | data[1]) != attempt.ident:
+            return  # not ours: keep waiting for the real answer (RFC 5452)
+        try:
+            answer = wire.scan_answer(data, self.query)
+        except WireError:
+            return  # garbage or another question: ignore, never forward
+        attempt.close()
+        if self.result is not None:
+            return
+        if answer.rcode in (Rcode.SERVFAIL, Rcode.REFUSED, Rcode.NOTIMP):
+            # This upstream can't help; another one may.
+            attempt.upstream.failed()
+            self.excluded.add(attempt.upstream)
+            self.last_error = (data, answer)
+        else:
+            attempt.upstream.succeeded(time.monotonic() - attempt.sent)
+            self.result = (data, answer, attempt.upstream)
+        self._wake()
+
+    def close(self) -> None:
+        for a in self.attempts:
+            a.close()
+
+
+class Forwarder:
+    """Sends a query upstream and returns the first valid answer within the time budget."""
+
+    def __init__(self, upstreams: list[tuple[str, int]], budget: float = 2.0) -> None:
+        self.upstreams = [Upstream(h, p) for h, p in upstreams]
+        self.budget = budget
+        self.timeouts = 0
+
+    def ordered(self) -> list[Upstream]:
+        """Healthy upstreams in configured order, then the ones in backoff."""
+        now = time.monotonic()
+        up = [u for u in self.upstreams if u.down_until <= now]
+        return up + [u for u in self.upstreams if u.down_until > now]
+
+    async def resolve(self, query: Query, budget: float | None = None) -> tuple[bytes, Answer]:
+        """The first valid upstream answer and its scan (the caller sets the client's ID).
+
+        Raises:
+            WireError: rcode SERVFAIL; no upstream gave a usable answer within the budget.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + (self.budget if budget is None else budget)
+        ex = _Exchange(query, loop)
+        order = self.ordered()
+        sends = {u: 0 for u in order}
+        turn = 0
+        try:
+            while ex.result is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Each upstream is asked at most twice, in order; the retry timer or a
+                # failure (closed port, SERVFAIL) sends the next attempt.
+                candidates = [u for u in order if u not in ex.excluded and sends[u] < 2]
+                if candidates:
+                    upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
+                    sends[upstream] += 1
+                    turn += 1
+                    ex.send(upstream)
+                    wait = RETRY_AFTER[min(turn, len(RETRY_AFTER)) - 1]
+                elif ex.live == 0:
+                    break
+                else:
+                    wait = remaining
+                ex.wake = loop.create_future()
+                try:
+                    await asyncio.wait_for(ex.wake, min(wait, remaining))
+                except TimeoutError:
+                    pass
+        finally:
+            live = [a.upstream for a in ex.attempts if not a.done]
+            ex.close()
+        if ex.result is not None:
+            data, answer, upstream = ex.result
+            if answer.tc:
+                tcp = await self._tcp(query, upstream, deadline)
+                if tcp is not None:
+                    return tcp
+                # TCP failed: the truncated answer still tells the client to retry over TCP.
+            return data, answer
+        for upstream in set(live):
+            upstream.failed()
+        if ex.last_error is not None:
+            return ex.last_error
+        self.timeouts += 1
+        raise WireError("no upstream answered in time", Rcode.SERVFAIL)
+
+    async def _tcp(
+        self, query: Query, upstream: Upstream, deadline: float
+    ) -> tuple[bytes, Answer] | None:
+        """Ask again over TCP after TC=1 (RFC 7766), within what is left of the budget."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        writer = None
+        try:
+            async with asyncio.timeout(remaining):
+                reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+                ident = secrets.randbits(16)
+                packet = struct.pack("!H", ident) + query.wire[2:]
+                writer.write(struct.pack("!H", len(packet)) + packet)
+                await writer.drain()
+                while True:
+                    size = struct.unpack("!H", await reader.readexactly(2))[0]
+                    data = await reader.readexactly(size)
+                    if len(data) >= 2 and (data[0] << 8 | data[1]) == ident:
+                        try:
+                            return data, wire.scan_answer(data, query)
+                        except WireError:
+                            continue
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
