@@ -197,6 +197,8 @@ class Resolver:
         self.recorder = recorder
         self.cache = Cache(config.cache)
         self.counts = [0] * len(Outcome)
+        #: blocked queries per service id (or category for lists and custom rules)
+        self.blocked_by: dict[str, int] = {}
         self.inflight: dict[bytes, asyncio.Task] = {}
         self.tasks: set[asyncio.Task] = set()
         self.steps = self.build_chain(config)
@@ -275,6 +277,8 @@ class Resolver:
         policy = self.policy
         q = req.query
         req.outcome = Outcome.BLOCKED
+        key = rule.service or rule.category
+        self.blocked_by[key] = self.blocked_by.get(key, 0) + 1
         if self.recorder is not None:
             self.recorder.hit(
                 req.client, q.name, wire.qtype_name(q.qtype), rule, pattern, policy.action_of(rule)

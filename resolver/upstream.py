@@ -22,6 +22,8 @@ DOWN_AFTER_FAILURES = 3
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 MAX_UDP_ANSWER = 65_535
+#: Upper bounds (seconds) of the upstream latency histogram exported on /metrics.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class Upstream:
@@ -37,6 +39,8 @@ class Upstream:
         self.answers = 0
         self.errors = 0
         self.latency_sum = 0.0
+        #: count of answers at or below each LATENCY_BUCKETS bound (not cumulative), +Inf last
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -53,6 +57,12 @@ class Upstream:
         self.backoff = BACKOFF_START
         self.answers += 1
         self.latency_sum += latency
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if latency <= bound:
+                self.latency_counts[i] += 1
+                break
+        else:
+            self.latency_counts[-1] += 1
 
     def failed(self) -> None:
         self.errors += 1
