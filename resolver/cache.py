@@ -42,7 +42,8 @@ class Entry:
         self.expires = now + ttl
         self.cnames = tuple(answer.cnames)
         self.hits = 0
-        self.age = 0
+        # No rendering yet: the stored TTLs may differ from the wire's (min/max_ttl).
+        self.age = -1
         self.age_wire = wire
         self.prefetching = False
 
