@@ -61,8 +61,10 @@ def get_config(config_path: str | None, db: str | None) -> Config:
     return config.with_overrides(database=db)
 
 
-def command_line() -> str:
-    return shlex.join(["sinkhole", *sys.argv[1:]])
+def command_line(*args: str) -> str:
+    """The command as typed, for the audit trail: `sinkhole block x.com`."""
+    ctx = click.get_current_context()
+    return shlex.join([*ctx.command_path.split(), *args])
 
 
 def open_store(config: Config):
@@ -297,7 +299,7 @@ def _toggle(config_path, db, names, comment, enabled: bool) -> None:
     store, catalog = open_store(config)
     with store:
         targets = _resolve_list_names(store, catalog, names)
-        store.set_enabled(targets, enabled, command=command_line(), comment=comment)
+        store.set_enabled(targets, enabled, command=command_line(*names), comment=comment)
     verb = "enabled" if enabled else "disabled"
     click.echo(f"{verb}: {', '.join(targets)}")
 
@@ -379,7 +381,7 @@ def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
             source=source,
             fmt=result.format,
             errors=len(result.errors),
-            command=command_line(),
+            command=command_line(source, "--name", list_name),
             comment=comment,
         )
     click.echo(
@@ -400,7 +402,7 @@ def lists_remove(config_path, db, name, comment) -> None:
     config = get_config(config_path, db)
     store, _ = open_store(config)
     with store:
-        store.remove_list(name, command=command_line(), comment=comment)
+        store.remove_list(name, command=command_line(name), comment=comment)
     click.echo(f"removed list {name}")
 
 
@@ -436,10 +438,12 @@ def _rules(config_path, db, names, comment, action: str, add: bool) -> None:
     store, _ = open_store(config)
     with store:
         if add:
-            store.add_rules(patterns, action, command=command_line(), comment=comment)
+            store.add_rules(patterns, action, command=command_line(*patterns), comment=comment)
             click.echo(f"{action}: {', '.join(patterns)}")
             return
-        missing = store.remove_rules(patterns, action, command=command_line(), comment=comment)
+        missing = store.remove_rules(
+            patterns, action, command=command_line(*patterns), comment=comment
+        )
     done = [p for p in patterns if p not in missing]
     if done:
         click.echo(f"removed {action} rule: {', '.join(done)}")
@@ -596,10 +600,10 @@ upstream_timeout: 2.0               # seconds for a whole answer, failover inclu
 database: sinkhole.db
 sinkhole: {mode: "null", ipv4: 0.0.0.0, ipv6: "::", ttl: 10}  # null|ip|nxdomain|nodata|refused
 lists: [ai-chatbots, bypass]        # catalog categories/services enabled at first start
-allow_networks: [127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
-                 fc00::/7, fe80::/10]
+allow_networks: [127.0.0.0/8, "::1/128", 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+                 "fc00::/7", "fe80::/10"]
 clients:
-  groups: {}                        # e.g. ai-lab: {networks: [10.1.9.0/24], exempt: [openai-chatgpt]}
+  groups: {}   # e.g. ai-lab: {networks: [10.1.9.0/24], exempt: [openai-chatgpt]}
 privacy: {clients: ip, retention_days: 90}   # clients: ip|hashed|group|none
 cache: {size: 100000, min_ttl: 0, max_ttl: 86400}
 rate_limit: {per_client: 1000, window: 60, exempt: []}

@@ -31,7 +31,11 @@ def negative_for(q: dns.message.Message, rcode: int, soa_ttl: int, minimum: int)
     r.set_rcode(rcode)
     r.authority.append(
         dns.rrset.from_text(
-            "example.test.", soa_ttl, "IN", "SOA", f"ns.example.test. h.example.test. 1 2 3 4 {minimum}"
+            "example.test.",
+            soa_ttl,
+            "IN",
+            "SOA",
+            f"ns.example.test. h.example.test. 1 2 3 4 {minimum}",
         )
     )
     return r.to_wire()

@@ -46,9 +46,7 @@ def assert_same_answer(direct: dns.message.Message, via: dns.message.Message, wh
 
 
 def ede_texts(msg: dns.message.Message) -> list[tuple[int, str]]:
-    return [
-        (o.code, o.text) for o in msg.options if isinstance(o, dns.edns.EDEOption)
-    ]
+    return [(o.code, o.text) for o in msg.options if isinstance(o, dns.edns.EDEOption)]
 
 
 # -- blocking ---------------------------------------------------------------------------
@@ -213,12 +211,16 @@ def test_dig_gets_sinkhole_and_forwarded_answers(sinkhole):
     for extra in ([], ["+tcp"]):
         out = subprocess.run(
             [dig, f"@{host}", "-p", str(port), "+short", *extra, BLOCKED],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout.split()
         assert out == ["0.0.0.0"]
         out = subprocess.run(
             [dig, f"@{host}", "-p", str(port), "+short", *extra, "host-005.example.test"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout.split()
         assert out == ["192.0.2.5"] or (out and out[0] != "0.0.0.0")
 
@@ -341,9 +343,7 @@ def test_blackholed_first_upstream_fails_over_within_budget(sinkhole, upstream):
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     hole.bind(("127.0.0.1", 0))
     try:
-        server = sinkhole(
-            {"upstreams": [hostport(hole.getsockname()), hostport(upstream.address)]}
-        )
+        server = sinkhole({"upstreams": [hostport(hole.getsockname()), hostport(upstream.address)]})
         t0 = time.monotonic()
         r = query(server.address, "host-021.example.test")
         assert r.rcode() == dns.rcode.NOERROR and r.answer
@@ -466,8 +466,13 @@ def test_port_in_use_is_one_clear_line(upstream, tmp_path):
     try:
         port = busy.getsockname()[1]
         r = run_cli(
-            "serve", "--listen", f"127.0.0.1:{port}", "--upstream", hostport(upstream.address),
-            "--db", str(tmp_path / "x.db"),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            hostport(upstream.address),
+            "--db",
+            str(tmp_path / "x.db"),
         )
         assert r.returncode != 0
         assert f"cannot listen on udp 127.0.0.1:{port}: address already in use" in r.stderr
@@ -503,7 +508,10 @@ def test_serve_with_no_arguments_uses_embedded_defaults(tmp_path, upstream):
     env.pop("SINKHOLE_DB", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "resolver", "serve"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 15
