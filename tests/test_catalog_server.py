@@ -1,0 +1,131 @@
+"""The shipped catalog on a running server: what it blocks, what it leaves, bypass, exemptions."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+from dnslib import QTYPE, RR, A, DNSRecord
+
+from resolver.catalog import load_catalog
+from tests.conftest import hostport
+from tests.dnstest.authserver import AuthServer
+from tests.test_policy import POPULAR
+
+EVERYWHERE = "198.51.100.7"
+
+
+class Everything(AuthServer):
+    """An upstream that answers every A query with one address: whatever is not blocked shows."""
+
+    def handle(self, request: DNSRecord, wire: bytes, proto: str) -> DNSRecord:
+        reply = request.reply()
+        if request.q.qtype == QTYPE.A:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(EVERYWHERE), ttl=60))
+        return reply
+
+
+@pytest.fixture(scope="module")
+def everything() -> Iterator[Everything]:
+    with Everything() as server:
+        yield server
+
+
+def ask(server, name: str, rdtype: str = "A", source: str = "127.0.0.1") -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, use_edns=0)
+    host, port = server.address
+    return dns.query.udp(q, host, port=port, timeout=5, source=source)
+
+
+def first_address(r: dns.message.Message) -> str | None:
+    for rrset in r.answer:
+        if rrset.rdtype == dns.rdatatype.A:
+            return rrset[0].address
+    return None
+
+
+def test_every_catalog_domain_and_a_random_subdomain_is_answered_locally(sinkhole, everything):
+    catalog = load_catalog()
+    server = sinkhole({"upstreams": [hostport(everything.address)]})
+    rnd = random.Random(11)
+    asked = 0
+    for svc in catalog.services.values():
+        expected_rcode = dns.rcode.NXDOMAIN if svc.answer == "nxdomain" else dns.rcode.NOERROR
+        for domain in (*svc.domains, *svc.api):
+            base = domain.removeprefix("*.")
+            label = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8))
+            names = [f"{label}.{base}"] + ([] if domain.startswith("*.") else [base])
+            for name in names:
+                if name in svc.keep:
+                    continue
+                r = ask(server, name)
+                assert r.rcode() == expected_rcode, name
+                assert first_address(r) in (None, "0.0.0.0"), name
+                asked += 1
+    assert asked >= 100
+    assert everything.count() == everything.count(qname="sinkhole-probe.example.test")
+
+
+def test_popular_names_resolve_through_the_upstream(sinkhole, everything):
+    server = sinkhole({"upstreams": [hostport(everything.address)]})
+    for name in POPULAR:
+        assert first_address(ask(server, name)) == EVERYWHERE, name
+
+
+def test_bypass_names_are_answered_as_browsers_expect_and_recorded(sinkhole, everything):
+    server = sinkhole({"upstreams": [hostport(everything.address)]})
+    assert ask(server, "use-application-dns.net").rcode() == dns.rcode.NXDOMAIN
+    assert ask(server, "mask.icloud.com").rcode() == dns.rcode.NXDOMAIN
+    assert ask(server, "mask-h2.icloud.com", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    ddr = ask(server, "_dns.resolver.arpa", "SVCB")
+    assert ddr.rcode() == dns.rcode.NOERROR and ddr.answer == []
+    assert first_address(ask(server, "dns.google")) == "0.0.0.0"
+    assert server.stop() == 0
+    with sqlite3.connect(server.config["database"]) as db:
+        rows = db.execute(
+            "SELECT qname, category, action FROM hits WHERE category = 'bypass' ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == [
+        "use-application-dns.net",
+        "mask.icloud.com",
+        "mask-h2.icloud.com",
+        "_dns.resolver.arpa",
+        "dns.google",
+    ]
+    assert rows[0][2] == "nxdomain" and rows[3][2] == "nodata"
+
+
+def test_exempt_group_resolves_its_service_and_others_get_the_sinkhole(sinkhole, everything):
+    server = sinkhole(
+        {
+            "upstreams": [hostport(everything.address)],
+            "clients": {
+                "groups": {
+                    "ai-lab": {"networks": ["127.0.0.5/32"], "exempt": ["openai-chatgpt"]},
+                    "staff": {"networks": ["127.0.0.0/8"]},
+                }
+            },
+        }
+    )
+    assert first_address(ask(server, "chatgpt.com", source="127.0.0.5")) == EVERYWHERE
+    assert first_address(ask(server, "chatgpt.com", source="127.0.0.6")) == "0.0.0.0"
+    # Exempt from ChatGPT only, not from every chatbot.
+    assert first_address(ask(server, "claude.ai", source="127.0.0.5")) == "0.0.0.0"
+    # The exempt answer was forwarded and cached: the other client still gets the sinkhole.
+    assert first_address(ask(server, "chatgpt.com", source="127.0.0.6")) == "0.0.0.0"
+    assert server.stop() == 0
+    with sqlite3.connect(server.config["database"]) as db:
+        rows = db.execute(
+            "SELECT client, client_group, qname, SUM(count) FROM hits "
+            "GROUP BY client, client_group, qname ORDER BY client"
+        ).fetchall()
+    assert rows == [
+        ("127.0.0.5", "ai-lab", "claude.ai", 1),
+        ("127.0.0.6", "staff", "chatgpt.com", 2),
+    ]
