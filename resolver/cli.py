@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sqlite3
@@ -644,12 +645,14 @@ def config_check(config_path, db) -> None:
     """
     from resolver.catalog import check_catalog, load_catalog
 
+    from resolver.config import check_config
+
     problems: list[str] = []
     config = None
     try:
         config = get_config(config_path, db)
-    except ConfigError as exc:
-        problems.append(str(exc))
+    except ConfigError:
+        problems.extend(check_config(config_path or os.environ[CONFIG_ENV]))
     catalog_dir = config.catalog if config else None
     problems.extend(check_catalog(Path(catalog_dir) if catalog_dir else None))
     if config is not None and not problems:

@@ -298,6 +298,31 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return parse_config(data, source)
 
 
+def check_config(path: str | os.PathLike) -> list[str]:
+    """Every problem of a config file, one line each (load_config stops at the first)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        first = str(exc)
+    else:
+        return []
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return [first]
+    if not isinstance(data, dict):
+        return [first]
+    problems = []
+    # Top-level keys are independent: validating each alone finds every bad one.
+    for key, value in data.items():
+        try:
+            parse_config({key: value}, source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems or [first]
+
+
 def parse_config(data: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a Config."""
     top = _Reader(source, data)

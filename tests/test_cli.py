@@ -272,3 +272,20 @@ def test_every_command_has_help_and_is_in_the_readme():
         assert cmd.help, f"sinkhole {path} has no help"
         first = path.split()[0]
         assert f"sinkhole {first}" in readme or f"|{first}" in readme, path
+
+
+def test_config_check_lists_every_config_problem(tmp_path):
+    cfg = write(
+        tmp_path,
+        "bad.yaml",
+        "listen: [nowhere]\ncache: {size: -1}\nprivacy: {clients: everyone}\nlisen: 3\n",
+    )
+    r = run_cli("config", "check", "--config", cfg)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "listen[0]",
+        "cache.size",
+        "privacy.clients",
+        "lisen",
+    ]
