@@ -644,7 +644,6 @@ def config_check(config_path, db) -> None:
     Example: sinkhole config check --config /etc/sinkhole/config.yaml
     """
     from resolver.catalog import check_catalog, load_catalog
-
     from resolver.config import check_config
 
     problems: list[str] = []

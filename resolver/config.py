@@ -301,7 +301,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 def check_config(path: str | os.PathLike) -> list[str]:
     """Every problem of a config file, one line each (load_config stops at the first)."""
     try:
-        config = load_config(path)
+        load_config(path)
     except ConfigError as exc:
         first = str(exc)
     else:
