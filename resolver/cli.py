@@ -672,6 +672,11 @@ def config_check(config_path, db) -> None:
     click.echo(f"{config_path or 'built-in defaults'}: OK")
 
 
+from resolver.status import status_command  # noqa: E402 - registered after the group exists
+
+cli.add_command(status_command)
+
+
 def main() -> None:
     try:
         cli(prog_name="sinkhole")
