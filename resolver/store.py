@@ -34,17 +34,24 @@ HIT_BATCH_ROWS = 500
 HIT_BUFFER_ROWS = 100_000
 PURGE_BATCH_ROWS = 5_000
 PURGE_EVERY = 86_400
+#: After a failed purge, try again this much later (seconds).
+PURGE_RETRY = 3_600
+#: The recorder's busy timeout: short, since it retries at the next flush anyway.
+RECORDER_BUSY_TIMEOUT = 0.5
+#: At exit, how long the recorder keeps retrying a faulty database before giving up.
+FINAL_FLUSH_SECONDS = 3.0
 #: How long the traffic counters are kept: they hold no personal data.
 TRAFFIC_RETENTION_DAYS = 800
 
 migrations = Migrations("sinkhole")
 
 
+# Each migration is one statement per execute(), never executescript(): executescript
+# commits the open transaction first, and a migration must apply whole or not at all.
 @migrations()
 def m001_initial(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE hits (
+    for statement in (
+        """CREATE TABLE hits (
             id INTEGER PRIMARY KEY,
             ts INTEGER NOT NULL,
             client TEXT,
@@ -56,10 +63,10 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             rule TEXT NOT NULL,
             action TEXT NOT NULL,
             count INTEGER NOT NULL DEFAULT 1
-        );
-        CREATE INDEX hits_ts ON hits(ts);
-        CREATE INDEX hits_service_ts ON hits(service, ts);
-        CREATE TABLE traffic (
+        )""",
+        "CREATE INDEX hits_ts ON hits(ts)",
+        "CREATE INDEX hits_service_ts ON hits(service, ts)",
+        """CREATE TABLE traffic (
             minute INTEGER PRIMARY KEY,
             queries INTEGER NOT NULL DEFAULT 0,
             blocked INTEGER NOT NULL DEFAULT 0,
@@ -68,9 +75,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             failed INTEGER NOT NULL DEFAULT 0,
             refused INTEGER NOT NULL DEFAULT 0,
             recorder_lag INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
-        CREATE TABLE lists (
+        )""",
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)",
+        """CREATE TABLE lists (
             name TEXT PRIMARY KEY,
             kind TEXT NOT NULL,          -- service | api | imported
             enabled INTEGER NOT NULL,
@@ -81,14 +88,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             allows INTEGER NOT NULL DEFAULT 0,
             errors INTEGER NOT NULL DEFAULT 0,
             updated TEXT
-        );
-        CREATE TABLE list_domains (
+        )""",
+        """CREATE TABLE list_domains (
             list TEXT NOT NULL REFERENCES lists(name) ON DELETE CASCADE,
             domain TEXT NOT NULL,
             kind TEXT NOT NULL DEFAULT 'block'
-        );
-        CREATE INDEX list_domains_list ON list_domains(list);
-        CREATE TABLE rules (
+        )""",
+        "CREATE INDEX list_domains_list ON list_domains(list)",
+        """CREATE TABLE rules (
             id INTEGER PRIMARY KEY,
             pattern TEXT NOT NULL,
             action TEXT NOT NULL,        -- block | allow
@@ -96,20 +103,75 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             created TEXT NOT NULL,
             user TEXT,
             UNIQUE (pattern, action)
-        );
-        CREATE TABLE audit (
+        )""",
+        """CREATE TABLE audit (
             id INTEGER PRIMARY KEY,
             ts TEXT NOT NULL,
             user TEXT,
             command TEXT NOT NULL,
             comment TEXT,
             detail TEXT
-        );
-        """
-    )
+        )""",
+    ):
+        db.execute(statement)
 
 
+#: The number of migrations this code knows; kept in settings as `schema_version`.
 SCHEMA_VERSION = 1
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The schema version a database says it has (0: a new, empty file)."""
+    if not db["settings"].exists():
+        return 0
+    row = db.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(db: sqlite_utils.Database, migration_set: Migrations = migrations) -> int:
+    """Bring the schema forward; returns its version.
+
+    Reads only when the schema is current, so opening a database for reading
+    takes no write lock. Otherwise one IMMEDIATE transaction: two processes
+    starting at once (workers, the CLI) take turns instead of both creating tables.
+
+    Raises:
+        StoreError: the database was written by a newer sinkhole.
+    """
+    known = len(migration_set._migrations)
+    current = schema_version(db)
+    if current > known:
+        raise StoreError(
+            f"schema version {current} is newer than this sinkhole knows ({known}): "
+            "it was written by a newer version"
+        )
+    if current == known and not migration_set.pending(db):
+        return known
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        applied = {m.name for m in migration_set.applied(db)}
+        unknown = applied - {m.name for m in migration_set._migrations}
+        if unknown:
+            raise StoreError(
+                f"schema has migrations this sinkhole does not know ({', '.join(sorted(unknown))}):"
+                " it was written by a newer version"
+            )
+        # Nested in our transaction, apply() uses savepoints: all or nothing.
+        migration_set.apply(db)
+        version = len(migration_set.applied(db))
+        conn.execute(
+            "INSERT INTO settings VALUES ('schema_version', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(version),),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
 
 
 def utcnow_text() -> str:
@@ -154,16 +216,13 @@ class Store:
         self.conn = connect(path, timeout)
         self.db = sqlite_utils.Database(self.conn)
         try:
-            migrations.apply(self.db)
-        except sqlite3.DatabaseError as exc:
+            migrate(self.db)
+        except sqlite3.Error as exc:
             self.conn.close()
             raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
-        try:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO settings VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-            )
-        except sqlite3.Error:
-            pass  # read-only: the schema is already there
+        except StoreError as exc:
+            self.conn.close()
+            raise StoreError(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -490,8 +549,9 @@ class Recorder:
     The query path appends to a deque (thread-safe, no lock, no SQL); a thread
     writes batches. While the database is locked, read-only or full, hits wait
     in `buffer`, coalesced by (second, client, name, type, rule): the sum of
-    `count` stays exact. Past HIT_BUFFER_ROWS distinct rows they are coalesced
-    per minute instead.
+    `count` stays exact. Past `buffer_rows` distinct rows they are coalesced per
+    minute instead. Clients are pseudonymized when written, so a hit buffered
+    before the hashing secret could be read is never stored with its address.
     """
 
     def __init__(
@@ -503,24 +563,32 @@ class Recorder:
         group_of: Callable[[str], str | None] = lambda c: None,
         secret: bytes | None = None,
         flush_interval: float = FLUSH_INTERVAL,
+        buffer_rows: int = HIT_BUFFER_ROWS,
     ) -> None:
         self.path = path
         self.privacy = privacy
         self.retention_days = retention_days
         self.group_of = group_of
         self.flush_interval = flush_interval
+        self.buffer_rows = buffer_rows
         self.queue: collections.deque = collections.deque()
         self.buffer: dict[tuple, int] = {}
+        #: Sum of the buffer's counts, kept so other threads never iterate the dict.
+        self.buffered = 0
         self.counters = [0] * 6  # incremented by the event loop thread only
         self._written_counters = [0] * 6
         self._pending_traffic: dict[int, list[int]] = {}
-        self._secret = secret
         self._pseudo: Pseudonymizer | None = None
-        self._conn: sqlite3.Connection | None = None
+        if privacy != "hashed" or secret is not None:
+            self._pseudo = Pseudonymizer(privacy, secret or b"", group_of)
+        self._migrated = False
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_purge = 0.0
+        self._final_deadline = 0.0
+        #: None until the first purge, which runs at start: a server restarted daily
+        #: would otherwise never reach PURGE_EVERY.
+        self._last_purge: float | None = None
         self.fault: str | None = None
         self.written = 0
         self.on_fault: Callable[[str | None], None] | None = None
@@ -535,21 +603,23 @@ class Recorder:
 
     @property
     def backlog(self) -> int:
-        return len(self.queue) + sum(self.buffer.values())
+        """Hits received and not yet written."""
+        return len(self.queue) + self.buffered
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sinkhole-recorder", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 4.0) -> bool:
-        """Flush everything and stop; True when nothing is left unwritten."""
+    def stop(self, timeout: float = FINAL_FLUSH_SECONDS + 1.0) -> bool:
+        """Flush everything and stop within `timeout`; True when nothing is left unwritten."""
+        # The last attempt must end before the join gives up: a busy wait may be under way.
+        self._final_deadline = time.monotonic() + max(0.0, timeout - RECORDER_BUSY_TIMEOUT - 0.2)
         self._stop.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
         else:
             self.flush()
-            self._reset()
         left = self.backlog
         if left:
             log.error("%d hits could not be written to %s before exit", left, self.path)
@@ -559,112 +629,113 @@ class Recorder:
         while not self._stop.is_set():
             self._wakeup.wait(self.flush_interval)
             self._wakeup.clear()
-            self.flush()
+            self._flush_safely()
         # Final flush: keep trying briefly so a short fault does not lose hits at exit.
-        deadline = time.monotonic() + 3.0
-        while True:
-            self.flush()
-            if not self.backlog or time.monotonic() > deadline:
-                break
+        while not self._flush_safely() and time.monotonic() < self._final_deadline:
             time.sleep(0.2)
-        self._reset()
+
+    def _flush_safely(self) -> bool:
+        try:
+            return self.flush()
+        except Exception:  # noqa: BLE001 - a dead recorder thread would lose every later hit
+            log.exception("unexpected error in the hit recorder")
+            return False
 
     def _drain(self) -> None:
         q = self.queue
         buf = self.buffer
-        pseudo = self._pseudo
-        coarse = len(buf) >= HIT_BUFFER_ROWS
         while q:
             ts, client, qname, qtype, rule, pattern, action = q.popleft()
-            if pseudo is not None:
-                c, g = pseudo(client)
-            else:
-                c, g = client, self.group_of(client)
-            if coarse or len(buf) >= HIT_BUFFER_ROWS:
-                coarse = True
+            if len(buf) >= self.buffer_rows:
                 ts -= ts % 60
-            key = (ts, c, g, qname, qtype, rule.service, rule.category, pattern, action)
+            key = (ts, client, qname, qtype, rule.service, rule.category, pattern, action)
             buf[key] = buf.get(key, 0) + 1
+            self.buffered += 1
 
     def _traffic_delta(self) -> None:
         now = list(self.traffic()) if self.traffic is not None else self.counters[:]
         delta = [a - b for a, b in zip(now, self._written_counters, strict=True)]
         self._written_counters = now
+        if not any(delta):
+            return
         minute = int(time.time()) // 60 * 60
         row = self._pending_traffic.setdefault(minute, [0] * 6)
         for i, d in enumerate(delta):
             row[i] += d
 
-    def flush(self) -> None:
-        """Move queued hits to the buffer and try to write buffer and traffic."""
+    def flush(self) -> bool:
+        """Move queued hits to the buffer and try to write it; True when nothing is left."""
         self._traffic_delta()
-        if self._pseudo is None and self._open():
-            pass
         self._drain()
-        if self._conn is None and not self._open():
-            return
-        try:
-            self._write()
-        except sqlite3.Error as exc:
-            self._set_fault(f"cannot write hits to {self.path}: {exc}")
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
-                self._reset()
-            return
-        self._set_fault(None)
-        if time.time() - self._last_purge > PURGE_EVERY:
-            self._purge()
-
-    def _open(self) -> bool:
-        try:
-            if self._conn is None:
-                self._conn = connect(self.path, timeout=0.5)
-                store_conn = self._conn
-                db = sqlite_utils.Database(store_conn)
-                migrations.apply(db)
-            if self._pseudo is None:
-                secret = self._secret
-                if secret is None and self.privacy == "hashed":
-                    st = self._conn.execute(
-                        "SELECT value FROM settings WHERE key = 'client_secret'"
-                    ).fetchone()
-                    if st is None:
-                        self._conn.execute(
-                            "INSERT OR IGNORE INTO settings VALUES ('client_secret', ?)",
-                            (secrets.token_hex(32),),
-                        )
-                        st = self._conn.execute(
-                            "SELECT value FROM settings WHERE key = 'client_secret'"
-                        ).fetchone()
-                    secret = bytes.fromhex(st[0])
-                self._pseudo = Pseudonymizer(self.privacy, secret or b"", self.group_of)
+        purge_due = self._last_purge is None or time.time() - self._last_purge >= PURGE_EVERY
+        if not self.buffer and not self._pending_traffic and not purge_due:
             return True
-        except (StoreError, sqlite3.Error, OSError) as exc:
-            self._set_fault(f"cannot open {self.path}: {exc}")
-            self._reset()
+        try:
+            conn = self._open()
+        except StoreError as exc:
+            self._set_fault(str(exc))
             return False
+        try:
+            self._write(conn)
+        except sqlite3.Error as exc:
+            self._set_fault(f"{self.path}: cannot write hits: {exc}")
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            conn.close()
+            return False
+        self._set_fault(None)
+        if purge_due:
+            self._purge(conn)
+        conn.close()
+        return not self.queue
 
-    def _reset(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-        self._conn = None
+    def _open(self) -> sqlite3.Connection:
+        # The file is open only while a batch is written: an administrator can remount,
+        # move or restore it, and a read-only or full filesystem shows at the next open.
+        conn = connect(self.path, timeout=RECORDER_BUSY_TIMEOUT)
+        try:
+            if not self._migrated:
+                migrate(sqlite_utils.Database(conn))
+                self._migrated = True
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _write(self) -> None:
-        conn = self._conn
-        rows = [(*k, n) for k, n in self.buffer.items()]
+    def _pseudonymizer(self, conn: sqlite3.Connection) -> Pseudonymizer:
+        """Called inside the write transaction, so a new secret is created exactly once."""
+        if self._pseudo is None:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'client_secret'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO settings VALUES ('client_secret', ?)", (secrets.token_hex(32),)
+                )
+                row = conn.execute(
+                    "SELECT value FROM settings WHERE key = 'client_secret'"
+                ).fetchone()
+            self._pseudo = Pseudonymizer(self.privacy, bytes.fromhex(row[0]), self.group_of)
+        return self._pseudo
+
+    def _write(self, conn: sqlite3.Connection) -> None:
         lag = len(self.queue)
         conn.execute("BEGIN IMMEDIATE")
-        if rows:
+        if self.buffer:
+            pseudo = self._pseudonymizer(conn)
+            # Clients that share a pseudonym (a group, or none) share a row.
+            rows: dict[tuple, int] = {}
+            for (ts, client, *rest), n in self.buffer.items():
+                key = (ts, *pseudo(client), *rest)
+                rows[key] = rows.get(key, 0) + n
             conn.executemany(
                 "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, "
                 "rule, action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [(*k, n) for k, n in rows.items()],
             )
         for minute, c in self._pending_traffic.items():
             conn.execute(
@@ -678,29 +749,36 @@ class Recorder:
                 (minute, *c, lag),
             )
         conn.execute("COMMIT")
-        self.written += sum(n for *_k, n in rows)
+        self.written += self.buffered
         self.buffer.clear()
+        self.buffered = 0
         self._pending_traffic.clear()
 
-    def _purge(self) -> None:
-        self._last_purge = time.time()
+    def _purge(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
         try:
-            n = purge_hits(self._conn, int(time.time()) - self.retention_days * 86_400)
-            self._conn.execute(
+            n = purge_hits(conn, int(now) - self.retention_days * 86_400)
+            conn.execute(
                 "DELETE FROM traffic WHERE minute < ?",
-                (int(time.time()) - TRAFFIC_RETENTION_DAYS * 86_400,),
+                (int(now) - TRAFFIC_RETENTION_DAYS * 86_400,),
             )
-            if n:
-                log.info("purged %d hits older than %d days", n, self.retention_days)
         except sqlite3.Error as exc:
-            log.warning("retention purge failed: %s", exc)
+            # Try again later rather than at every flush: one warning, not one a second.
+            self._last_purge = now - PURGE_EVERY + PURGE_RETRY
+            log.warning("retention purge failed, retrying in an hour: %s", exc)
+            return
+        self._last_purge = now
+        if n:
+            log.info("purged %d hits older than %d days", n, self.retention_days)
 
     def _set_fault(self, fault: str | None) -> None:
-        if fault == self.fault:
+        # One line when a fault starts and one when it ends, never one per attempt.
+        if (fault is None) == (self.fault is None):
+            self.fault = fault
             return
         if fault is None:
             log.warning("database %s is writable again; buffered hits written", self.path)
-        elif self.fault is None:
+        else:
             log.error("%s; hits are kept in memory until it recovers", fault)
         self.fault = fault
         if self.on_fault is not None:

@@ -1,0 +1,386 @@
+"""Store, Recorder and Pseudonymizer on real SQLite files: schema, faults, privacy, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from resolver.errors import StoreError
+from resolver.policy import Rule
+from resolver.store import (
+    SCHEMA_VERSION,
+    Pseudonymizer,
+    Recorder,
+    Store,
+    m001_initial,
+    migrate,
+    schema_version,
+)
+
+CHATGPT = Rule("ai-chatbots", "openai-chatgpt", "ChatGPT (OpenAI)")
+CLAUDE = Rule("ai-chatbots", "anthropic-claude", "Claude (Anthropic)")
+CUSTOM = Rule("custom", source="rule")
+
+
+def hit(rec: Recorder, client: str, name: str = "chatgpt.com", qtype: str = "A") -> None:
+    rule = CLAUDE if name.endswith("claude.ai") else CHATGPT
+    rec.hit(client, name, qtype, rule, name.removeprefix("www."), "null")
+
+
+def rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def total(path: Path) -> int:
+    return rows(path, "SELECT COALESCE(SUM(count), 0) FROM hits")[0][0]
+
+
+class Lock:
+    """Another connection holding the write lock, as a second writer would."""
+
+    def __init__(self, path: Path) -> None:
+        # Released from a timer thread in one test.
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def __enter__(self) -> Lock:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.execute("COMMIT")
+        self.conn.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "sinkhole.db"
+    Store(path).close()
+    return path
+
+
+# -- schema -----------------------------------------------------------------------------
+
+
+def test_new_database_is_private_wal_versioned_with_busy_timeout(tmp_path):
+    path = tmp_path / "sub" / "sinkhole.db"
+    with Store(path) as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert store.setting("schema_version") == str(SCHEMA_VERSION)
+        tables = set(store.db.table_names())
+    assert {"hits", "traffic", "lists", "list_domains", "rules", "settings", "audit"} <= tables
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_opening_a_current_database_takes_no_write_lock(db):
+    # The server opens the store twice a second to poll the policy version; a
+    # writer holding the lock (a CLI import, a backup) must not make that fail.
+    with Lock(db):
+        with Store(db, timeout=0.05) as store:
+            assert store.policy_version() == 0
+
+
+def test_concurrent_first_opens_create_the_schema_once(tmp_path):
+    path = tmp_path / "race.db"
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            Store(path).close()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert rows(path, "SELECT name FROM _sqlite_migrations") == [("m001_initial",)]
+
+
+def _two_step() -> Migrations:
+    steps = Migrations("sinkhole")
+    steps()(m001_initial)
+
+    @steps()
+    def m002_hits_note(db: sqlite_utils.Database) -> None:
+        db.execute("ALTER TABLE hits ADD COLUMN note TEXT")
+
+    return steps
+
+
+def test_forward_migration_keeps_data_and_raises_the_version(db):
+    with Store(db) as store:
+        store.add_rules(["example.com"], "block", command="test")
+    db_ = sqlite_utils.Database(db)
+    try:
+        assert migrate(db_, _two_step()) == 2
+        assert schema_version(db_) == 2
+        assert "note" in db_["hits"].columns_dict
+        assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
+        # Applying again changes nothing.
+        assert migrate(db_, _two_step()) == 2
+    finally:
+        db_.close()
+    # This code knows one migration: a newer database is refused, not rewritten.
+    with pytest.raises(StoreError, match="newer"):
+        Store(db)
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_failed_migration_changes_nothing(db):
+    steps = Migrations("sinkhole")
+    steps()(m001_initial)
+
+    @steps()
+    def m002_broken(db: sqlite_utils.Database) -> None:
+        db.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("bug in a migration")
+
+    db_ = sqlite_utils.Database(db)
+    try:
+        with pytest.raises(RuntimeError):
+            migrate(db_, steps)
+        assert not db_["half_done"].exists()
+        assert schema_version(db_) == 1
+        assert [m.name for m in steps.pending(db_)] == ["m002_broken"]
+    finally:
+        db_.close()
+
+
+def test_not_a_database_is_one_clear_error(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="junk.db"):
+        Store(path)
+
+
+# -- recorder ---------------------------------------------------------------------------------
+
+
+def test_recorder_writes_every_hit_with_its_fields(db):
+    rec = Recorder(str(db), group_of=lambda c: "lab" if c == "10.1.9.7" else None)
+    before = int(time.time())
+    for _ in range(3):
+        hit(rec, "10.1.9.7", "www.chatgpt.com", "AAAA")
+    hit(rec, "192.0.2.1", "claude.ai", "HTTPS")
+    rec.hit("192.0.2.1", "blocked.example", "MX", CUSTOM, "blocked.example", "nxdomain")
+    assert rec.flush()
+    after = int(time.time())
+    got = rows(
+        db,
+        "SELECT client, client_group, qname, qtype, service, category, rule, action, "
+        "SUM(count), MIN(ts), MAX(ts) FROM hits GROUP BY client, qname, qtype ORDER BY qname",
+    )
+    assert [g[:9] for g in got] == [
+        ("192.0.2.1", None, "blocked.example", "MX", None, "custom", "blocked.example",
+         "nxdomain", 1),
+        ("192.0.2.1", None, "claude.ai", "HTTPS", "anthropic-claude", "ai-chatbots",
+         "claude.ai", "null", 1),
+        ("10.1.9.7", "lab", "www.chatgpt.com", "AAAA", "openai-chatgpt", "ai-chatbots",
+         "chatgpt.com", "null", 3),
+    ]  # fmt: skip
+    assert all(before <= g[9] <= g[10] <= after for g in got)
+    assert rec.written == 5 and rec.backlog == 0
+
+
+def test_identical_hits_in_one_second_share_a_row(db):
+    rec = Recorder(str(db))
+    for _ in range(1000):
+        hit(rec, "192.0.2.1")
+    assert rec.flush()
+    assert total(db) == 1000
+    # One row per second the loop spanned, not one per hit.
+    assert rows(db, "SELECT COUNT(*) FROM hits")[0][0] <= 2
+
+
+def test_locked_database_keeps_hits_and_writes_them_after(db, caplog):
+    rec = Recorder(str(db))
+    caplog.set_level(logging.INFO, logger="sinkhole.store")
+    with Lock(db):
+        for i in range(300):
+            hit(rec, f"192.0.2.{i % 5}")
+        for _ in range(3):
+            assert not rec.flush()
+            hit(rec, "192.0.2.9")
+        assert rec.fault and "locked" in rec.fault
+        assert rec.backlog == 303
+    assert rec.flush()
+    assert rec.fault is None and rec.backlog == 0
+    assert total(db) == 303
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("kept in memory" in m for m in messages) == 1
+    assert sum("writable again" in m for m in messages) == 1
+
+
+def test_full_buffer_coalesces_per_minute_and_totals_stay_exact(db):
+    rec = Recorder(str(db), buffer_rows=10)
+    with Lock(db):
+        # 500 distinct names: more distinct rows than the buffer holds.
+        for i in range(500):
+            hit(rec, "192.0.2.1", f"n{i}.chatgpt.com")
+            hit(rec, "192.0.2.1", f"n{i}.chatgpt.com")
+        assert not rec.flush()
+        assert rec.backlog == 1000
+    assert rec.flush()
+    assert total(db) == 1000
+    per_name = rows(db, "SELECT qname, SUM(count) FROM hits GROUP BY qname")
+    assert len(per_name) == 500 and {n for _, n in per_name} == {2}
+    coarse = rows(db, "SELECT COUNT(*) FROM hits WHERE ts % 60 = 0")[0][0]
+    assert coarse >= 490  # all but the first few were kept per minute
+
+
+def test_traffic_counters_are_written_per_minute(db):
+    rec = Recorder(str(db))
+    rec.counters[:] = [10, 4, 5, 1, 0, 0]
+    assert rec.flush()
+    rec.counters[:] = [15, 6, 7, 1, 1, 0]
+    assert rec.flush()
+    got = rows(db, "SELECT SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached), "
+               "SUM(failed) FROM traffic")  # fmt: skip
+    assert got == [(15, 6, 7, 1, 1)]
+    assert all(m % 60 == 0 for (m,) in rows(db, "SELECT minute FROM traffic"))
+
+
+def test_stop_flushes_every_queued_hit(db):
+    rec = Recorder(str(db), flush_interval=60)
+    rec.start()
+    for i in range(2000):
+        hit(rec, f"192.0.2.{i % 7}", qtype=("A", "AAAA")[i % 2])
+    assert rec.stop()
+    assert total(db) == 2000
+
+
+def test_stop_keeps_trying_while_the_database_is_locked(db):
+    rec = Recorder(str(db), flush_interval=60)
+    rec.start()
+    for _ in range(50):
+        hit(rec, "192.0.2.1")
+    lock = Lock(db).__enter__()
+    threading.Timer(1.0, lock.__exit__).start()
+    assert rec.stop(timeout=3.0)
+    assert total(db) == 50
+
+
+def test_database_unavailable_at_start_loses_nothing(tmp_path):
+    # A file where the database's folder should be: unopenable, even for root.
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    path = blocker / "sinkhole.db"
+    rec = Recorder(str(path))
+    hit(rec, "192.0.2.1")
+    assert not rec.flush()
+    assert rec.fault and "cannot open" in rec.fault
+    blocker.unlink()
+    assert rec.flush()
+    assert total(path) == 1 and rec.fault is None
+
+
+# -- privacy ------------------------------------------------------------------------------------
+
+
+def test_pseudonymizer_modes():
+    group_of = {"10.1.9.7": "lab"}.get
+    secret = b"k" * 32
+    assert Pseudonymizer("ip", secret, group_of)("10.1.9.7") == ("10.1.9.7", "lab")
+    assert Pseudonymizer("group", secret, group_of)("10.1.9.7") == (None, "lab")
+    assert Pseudonymizer("group", secret, group_of)("192.0.2.1") == (None, None)
+    assert Pseudonymizer("none", secret, group_of)("10.1.9.7") == (None, None)
+    hashed = Pseudonymizer("hashed", secret, group_of)
+    a, group = hashed("10.1.9.7")
+    assert group == "lab"
+    assert a == Pseudonymizer("hashed", secret, group_of)("10.1.9.7")[0]
+    assert a != hashed("10.1.9.8")[0]
+    assert a != Pseudonymizer("hashed", b"x" * 32, group_of)("10.1.9.7")[0]
+    assert "10.1.9.7" not in a
+    assert a.removeprefix("h:") not in hashlib.sha256(b"10.1.9.7").hexdigest()
+
+
+def test_hashed_pseudonym_is_stable_across_recorders_and_keyed_by_one_secret(db):
+    for _ in range(2):
+        rec = Recorder(str(db), privacy="hashed")
+        hit(rec, "192.0.2.1")
+        hit(rec, "192.0.2.2")
+        assert rec.flush()
+    clients = rows(db, "SELECT client, SUM(count) FROM hits GROUP BY client")
+    assert len(clients) == 2 and {n for _, n in clients} == {2}
+    assert len(rows(db, "SELECT value FROM settings WHERE key = 'client_secret'")) == 1
+    with Store(db) as store:
+        secret = store.secret()
+    expected = Pseudonymizer("hashed", secret, lambda c: None)("192.0.2.1")[0]
+    assert expected in {c for c, _ in clients}
+
+
+def test_hits_buffered_before_the_secret_is_readable_never_store_the_address(db):
+    rec = Recorder(str(db), privacy="hashed")
+    with Lock(db):
+        hit(rec, "192.0.2.77")
+        assert not rec.flush()
+    assert rec.flush()
+    [(client,)] = rows(db, "SELECT client FROM hits")
+    assert client.startswith("h:")
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"192.0.2.77" not in db.read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["group", "none"])
+def test_group_and_none_store_no_address(db, mode):
+    rec = Recorder(str(db), privacy=mode, group_of={"10.1.9.7": "lab"}.get)
+    for client in ("10.1.9.7", "10.1.9.7", "192.0.2.1"):
+        hit(rec, client)
+    assert rec.flush()
+    got = sorted(rows(db, "SELECT client, client_group, SUM(count) FROM hits "
+                          "GROUP BY client, client_group"), key=str)  # fmt: skip
+    if mode == "group":
+        assert got == sorted([(None, "lab", 2), (None, None, 1)], key=str)
+    else:
+        assert got == [(None, None, 3)]
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+
+def _age(db: Path, days_ago: list[float]) -> None:
+    now = int(time.time())
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany(
+            "INSERT INTO hits (ts, client, qname, qtype, service, category, rule, action, count) "
+            "VALUES (?, '192.0.2.1', 'chatgpt.com', 'A', 'openai-chatgpt', 'ai-chatbots', "
+            "'chatgpt.com', 'null', 1)",
+            [(now - int(d * 86_400),) for d in days_ago],
+        )
+    conn.close()
+
+
+def test_recorder_purges_old_hits_when_it_starts(db):
+    _age(db, [400, 31, 29, 1])
+    rec = Recorder(str(db), retention_days=30)
+    assert rec.flush()  # nothing to write: the start-up purge alone
+    assert total(db) == 2
+
+
+def test_store_purge_deletes_in_batches(db, monkeypatch):
+    monkeypatch.setattr("resolver.store.PURGE_BATCH_ROWS", 7)
+    _age(db, [100] * 50 + [1] * 5)
+    with Store(db) as store:
+        assert store.purge(int(time.time()) - 90 * 86_400) == 50
+    assert total(db) == 5
