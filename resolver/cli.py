@@ -575,6 +575,98 @@ def hits(config_path, db, since, limit, as_json) -> None:
 
 @cli.command()
 @common
+@click.option("--week", metavar="YYYY-Www", help="ISO week to report, like 2026-W47.")
+@click.option("--last-week", is_flag=True, help="The last complete ISO week (the default).")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Start: a date (2026-03-23), a date and time, or a duration before now (7d).",
+)
+@click.option("--until", metavar="WHEN", help="End, excluded (default: now); needs --since.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "html", "csv", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write to FILE instead of stdout; {week} in FILE becomes the ISO week.",
+)
+@click.option(
+    "--mail-to",
+    multiple=True,
+    metavar="ADDR",
+    help="Mail the report (text and HTML) through the smtp config (repeatable).",
+)
+@click.option(
+    "--top", default=10, show_default=True, type=click.IntRange(1, 1000), help="Top rows."
+)
+def report(
+    config_path: str | None,
+    db: str | None,
+    week: str | None,
+    last_week: bool,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    output: str | None,
+    mail_to: tuple[str, ...],
+    top: int,
+) -> None:
+    """Report of blocked attempts per service, day and group, with gaps in recording.
+
+    Example: sinkhole report --last-week --format html -o report-{week}.html
+    """
+    from resolver import report as rpt
+    from resolver.catalog import load_catalog
+    from resolver.store import Store
+
+    if sum(1 for x in (week, last_week, since) if x) > 1:
+        raise click.UsageError("give one of --week, --last-week and --since")
+    if until and not since:
+        raise click.UsageError("--until needs --since")
+    config = get_config(config_path, db)
+    if mail_to and not config.smtp:
+        raise click.UsageError("--mail-to needs an smtp section in the config")
+    tz = config.timezone or rpt.local_timezone()
+    start, end = rpt.parse_range(since, until, tz) if since else rpt.week_bounds(week, tz)
+    catalog = load_catalog(config.catalog)
+    Store(config.database).close()  # creates or migrates the file: a new install gets a report
+    data = rpt.build_report(
+        config.database,
+        start=start,
+        end=end,
+        tz=tz,
+        privacy=config.privacy.clients,
+        retention_days=config.privacy.retention_days,
+        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+        service_names={sid: s.name for sid, s in catalog.services.items()},
+        top=top,
+    )
+    text = rpt.RENDERERS[fmt](data)
+    if output:
+        label = data["period"]["week"] or data["period"]["start"][:10]
+        path = Path(output.replace("{week}", label))
+        # Write then rename, so an archive never holds half a report.
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    if mail_to:
+        from resolver.mailer import send_report
+
+        send_report(data, to=list(mail_to), smtp=config.smtp)
+    if not output and not mail_to:
+        # With -o or --mail-to stdout stays empty: cron mails whatever a job prints.
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@common
 @click.option("--older-than", help="Age of the hits to delete (default: retention_days).")
 def purge(config_path, db, older_than) -> None:
     """Delete recorded hits older than the retention period.

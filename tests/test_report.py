@@ -1,0 +1,941 @@
+"""Tests of the weekly report: every figure against an independent count, and every format."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sqlite3
+import struct
+import subprocess
+import zlib
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resolver import report as rpt
+from resolver.errors import SinkholeError, StoreError
+
+SCHEMA_SQL = """
+CREATE TABLE hits (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, client TEXT, client_group TEXT,
+  qname TEXT NOT NULL, qtype TEXT NOT NULL, service TEXT, category TEXT, rule TEXT NOT NULL,
+  action TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX hits_ts ON hits(ts); CREATE INDEX hits_service_ts ON hits(service, ts);
+CREATE TABLE traffic (minute INTEGER PRIMARY KEY,
+  queries INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
+  forwarded INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+  recorder_lag INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+PARIS = "Europe/Paris"
+GROUPS = {"ai-lab": ["10.1.9.0/24"], "finance": ["10.2.0.0/16"]}
+# (service id, category, qname) as the catalog and the bypass list would record them.
+SERVICES = [
+    ("openai-chatgpt", "ai-chatbots", "chatgpt.com"),
+    ("openai-chatgpt", "ai-chatbots", "ab.chatgpt.com"),
+    ("google-gemini", "ai-chatbots", "gemini.google.com"),
+    ("anthropic-claude", "ai-chatbots", "claude.ai"),
+    (None, "custom", "chat.example.net"),
+    (None, "list:extra", "bot.example.org"),
+    ("firefox-canary", "bypass", "use-application-dns.net"),
+    ("public-doh", "bypass", "dns.google"),
+]
+NAMES = {
+    "openai-chatgpt": "ChatGPT (OpenAI)",
+    "google-gemini": "Gemini (Google)",
+    "anthropic-claude": "Claude (Anthropic)",
+    "firefox-canary": "Firefox DoH canary",
+    "public-doh": "Public DoH resolvers",
+}
+CLIENTS = [
+    ("10.1.9.7", "ai-lab"),
+    ("10.1.9.8", "ai-lab"),
+    ("10.2.3.4", "finance"),
+    ("10.2.3.5", "finance"),
+    ("192.168.1.20", None),
+    ("192.168.1.21", None),
+]
+QTYPES = ("A", "AAAA", "HTTPS")
+FORMATS = ("text", "markdown", "html", "csv", "json")
+SCHEMA_KEYS = {
+    "schema",
+    "period",
+    "totals",
+    "services",
+    "days",
+    "groups",
+    "top_clients",
+    "top_names",
+    "bypass",
+    "breakdown",
+    "first_attempt",
+    "last_attempt",
+    "privacy",
+    "gaps",
+}
+# Far after every test period, so the retention note stays out of the way unless wanted.
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+Hit = tuple[int, str | None, str | None, str, str, str | None, str, int]
+
+
+def make_db(path: Path) -> Path:
+    """An empty database with the schema store.py creates."""
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_SQL)
+    conn.close()
+    return path
+
+
+def insert_hits(path: Path, hits: list[Hit]) -> None:
+    """Rows of (ts, client, group, qname, qtype, service, category, count)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule,"
+            " action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'null', ?)",
+            [(ts, c, g, q, t, s, cat, q, n) for ts, c, g, q, t, s, cat, n in hits],
+        )
+    conn.close()
+
+
+def insert_traffic(path: Path, rows: list[tuple[int, int, int]]) -> None:
+    """Rows of (minute, queries, recorder_lag)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO traffic (minute, queries, recorder_lag) VALUES (?, ?, ?)", rows
+        )
+    conn.close()
+
+
+def generate_hits(db_path: Path, n: int, start: int, end: int, seed: int) -> list[Hit]:
+    """Insert n hits in [start, end) as bursts of a browser's lookups, plus a traffic row
+    with 10 queries for every minute; return the hits for independent counting."""
+    rng = random.Random(seed)
+    hits: list[Hit] = []
+    while len(hits) < n:
+        client, group = rng.choice(CLIENTS)
+        service, category, qname = rng.choice(SERVICES)
+        t = rng.randrange(start, end)
+        # A burst: A, AAAA, HTTPS at once, then retries spread so that some fall within
+        # the 5-minute gap and some beyond it.
+        for _ in range(min(rng.randint(1, 5), n - len(hits))):
+            ts = min(t, end - 1)
+            hits.append(
+                (
+                    ts,
+                    client,
+                    group,
+                    qname,
+                    rng.choice(QTYPES),
+                    service,
+                    category,
+                    rng.choice((1, 1, 1, 2, 3)),
+                )
+            )
+            t += rng.choice((0, 1, 30, 200, 290, 301, 400))
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule,"
+            " action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'null', ?)",
+            ((ts, c, g, q, t, s, cat, q, k) for ts, c, g, q, t, s, cat, k in hits),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO traffic (minute, queries) VALUES (?, 10)",
+            ((m,) for m in range(start - start % 60, end, 60)),
+        )
+    conn.close()
+    return hits
+
+
+def build(path: Path, start: datetime, end: datetime, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "tz": PARIS,
+        "privacy": "ip",
+        "retention_days": 90,
+        "groups": GROUPS,
+        "service_names": NAMES,
+        "top": 10,
+        "now": NOW,
+    }
+    args.update(kw)
+    return rpt.build_report(path, start=start, end=end, **args)
+
+
+# -- the independent count -------------------------------------------------------------------
+
+
+def svc_key(service: str | None, category: str) -> str:
+    return service or category
+
+
+def count_attempt_starts(hits: list[Hit]) -> set[int]:
+    """Indexes of the hits that start an attempt, by the written rule, in plain Python."""
+    order = sorted(range(len(hits)), key=lambda i: hits[i][0])
+    last_seen: dict[tuple[str, str], int] = {}
+    starts = set()
+    for i in order:
+        ts, client, group, _, _, service, category, _ = hits[i]
+        ident = client or f"group:{group or 'other'}"
+        key = (ident, svc_key(service, category))
+        if key not in last_seen or ts - last_seen[key] > 300:
+            starts.add(i)
+        last_seen[key] = ts
+    return starts
+
+
+def expected_report(hits: list[Hit], t0: int, t1: int, tz: str) -> dict[str, Any]:
+    zi = ZoneInfo(tz)
+    inside = [h for h in hits if t0 <= h[0] < t1]
+    starts = count_attempt_starts(inside)
+    chat = [(i, h) for i, h in enumerate(inside) if h[6] != "bypass"]
+    days: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    services: dict[str, list[Any]] = defaultdict(lambda: [0, 0, set()])
+    groups: dict[str, list[Any]] = defaultdict(lambda: [0, 0, set()])
+    clients: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    names: dict[tuple[str, str], int] = defaultdict(int)
+    for i, (ts, client, group, qname, _, service, category, count) in chat:
+        new = 1 if i in starts else 0
+        day = datetime.fromtimestamp(ts, zi).date().isoformat()
+        days[day][0] += count
+        days[day][1] += new
+        for table, key in ((services, svc_key(service, category)), (groups, group or "other")):
+            table[key][0] += count
+            table[key][1] += new
+            table[key][2].add(client)
+        clients[client][0] += count
+        clients[client][1] += new
+        names[(qname, svc_key(service, category))] += count
+    bypass: dict[str, list[Any]] = defaultdict(lambda: [0, 0, set()])
+    for i, (_, client, _, _, _, service, category, count) in enumerate(inside):
+        if category == "bypass":
+            bypass[svc_key(service, category)][0] += count
+            bypass[svc_key(service, category)][1] += 1 if i in starts else 0
+            bypass[svc_key(service, category)][2].add(client)
+    previous: dict[str, int] = defaultdict(int)
+    # The previous period ends where this one starts and is as long on the wall clock.
+    wall = [datetime.fromtimestamp(t, zi).replace(tzinfo=None) for t in (t0, t1)]
+    p0 = (wall[0] - (wall[1] - wall[0])).replace(tzinfo=zi).timestamp()
+    for ts, _, _, _, _, service, category, count in hits:
+        if p0 <= ts < t0 and category != "bypass":
+            previous[svc_key(service, category)] += count
+    return {
+        "blocked": sum(h[7] for _, h in chat),
+        "attempts": sum(1 for i, _ in chat if i in starts),
+        "clients": len({h[1] for _, h in chat}),
+        "days": {d: tuple(v) for d, v in days.items()},
+        "services": {k: (v[0], v[1], len(v[2]), previous.get(k, 0)) for k, v in services.items()}
+        | {k: (0, 0, 0, p) for k, p in previous.items() if k not in services},
+        "groups": {k: (v[0], v[1], len(v[2])) for k, v in groups.items()},
+        "clients_table": {k: tuple(v) for k, v in clients.items()},
+        "names": names,
+        "bypass": {k: (v[0], v[1], len(v[2])) for k, v in bypass.items()},
+        "first": min((h[0] for _, h in chat), default=None),
+        "last": max((h[0] for _, h in chat), default=None),
+    }
+
+
+def ts_of(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp).timestamp())
+
+
+# -- periods ---------------------------------------------------------------------------------
+
+
+def test_week_bounds_are_local_midnights_across_dst() -> None:
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    assert start.isoformat() == "2026-03-23T00:00:00+01:00"
+    assert end.isoformat() == "2026-03-30T00:00:00+02:00"
+    assert end.timestamp() - start.timestamp() == 167 * 3600
+    start, end = rpt.week_bounds("2026-W44", PARIS)
+    assert (start.isoformat(), end.isoformat()) == (
+        "2026-10-26T00:00:00+01:00",
+        "2026-11-02T00:00:00+01:00",
+    )
+    start, end = rpt.week_bounds("2026-W43", PARIS)
+    assert end.timestamp() - start.timestamp() == 169 * 3600
+
+
+def test_last_week_is_the_last_complete_iso_week() -> None:
+    # Monday 00:30 in Paris is still Sunday in UTC: the local date decides.
+    now = datetime(2026, 3, 29, 22, 30, tzinfo=UTC)
+    start, _ = rpt.week_bounds(None, PARIS, now)
+    assert start.date() == date(2026, 3, 23)
+    start, _ = rpt.week_bounds(None, "UTC", now)
+    assert start.date() == date(2026, 3, 16)
+
+
+@pytest.mark.parametrize("week", ["2026-13", "2026-W54", "W13", "2026-W00"])
+def test_bad_week_is_one_clear_error(week: str) -> None:
+    with pytest.raises(SinkholeError, match="bad week"):
+        rpt.week_bounds(week, PARIS)
+
+
+def test_unknown_time_zone_is_one_clear_error() -> None:
+    with pytest.raises(SinkholeError, match="unknown time zone"):
+        rpt.week_bounds("2026-W13", "Europe/Nowhere")
+
+
+def test_parse_range_reads_dates_times_and_durations() -> None:
+    now = datetime(2026, 3, 25, 12, 0, tzinfo=UTC)
+    start, end = rpt.parse_range("2026-03-23", "2026-03-30", PARIS, now)
+    assert (start, end) == rpt.week_bounds("2026-W13", PARIS)
+    start, end = rpt.parse_range("7d", None, PARIS, now)
+    # "Until now" ends after the current second: hits carry whole-second timestamps.
+    assert end == now + timedelta(seconds=1) and now - start == timedelta(days=7)
+    start, _ = rpt.parse_range("2026-03-23T08:00+00:00", "now", PARIS, now)
+    assert start.isoformat() == "2026-03-23T09:00:00+01:00"
+    with pytest.raises(SinkholeError, match="not after"):
+        rpt.parse_range("2026-03-30", "2026-03-23", PARIS, now)
+    with pytest.raises(SinkholeError, match="bad --since"):
+        rpt.parse_range("last tuesday", None, PARIS, now)
+
+
+# -- figures against the independent count ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tz", "week"),
+    [
+        (PARIS, "2026-W13"),  # spring forward: Sunday 2026-03-29 has 23 hours
+        (PARIS, "2026-W44"),  # the week after fall back; its previous week has a 25-hour day
+        (PARIS, "2026-W43"),  # fall back: Sunday 2026-10-25 has 25 hours
+        ("America/New_York", "2026-W11"),  # US spring forward, far from UTC
+        ("Asia/Kolkata", "2026-W01"),  # half-hour offset, ISO week starting in December
+        ("Africa/Monrovia", "1970-W10"),  # -0:44:30: midnights off the 5-minute grid
+    ],
+)
+def test_every_figure_matches_an_independent_count(tmp_path: Path, tz: str, week: str) -> None:
+    start, end = rpt.week_bounds(week, tz)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    db = make_db(tmp_path / "s.db")
+    # Two weeks before to two days after, so hits sit on both sides of every boundary.
+    hits = generate_hits(db, 4000, t0 - 14 * 86400, t1 + 2 * 86400, seed=len(week) + t0)
+    # And hits one second either side of each bound, where an off-by-one would show.
+    edge = [
+        (b + d, "10.9.9.9", None, "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1)
+        for b in (t0, t1)
+        for d in (-1, 0)
+    ]
+    insert_hits(db, edge)
+    hits += edge
+    report = build(db, start, end, tz=tz)
+    exp = expected_report(hits, t0, t1, tz)
+
+    assert set(report) == SCHEMA_KEYS
+    assert report["period"] == {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "timezone": tz,
+        "week": week,
+    }
+    totals = report["totals"]
+    assert (totals["blocked"], totals["attempts"], totals["clients"]) == (
+        exp["blocked"],
+        exp["attempts"],
+        exp["clients"],
+    )
+    assert totals["queries"] == 10 * (t1 - t0) // 60
+    assert totals["blocked_share"] == round(exp["blocked"] / totals["queries"], 6)
+
+    assert len(report["days"]) == 7
+    assert [d["weekday"] for d in report["days"]] == list(rpt.WEEKDAYS)
+    for day in report["days"]:
+        assert (day["blocked"], day["attempts"]) == exp["days"].get(day["date"], (0, 0))
+        d = date.fromisoformat(day["date"])
+        lo = datetime.combine(d, datetime.min.time(), ZoneInfo(tz)).timestamp()
+        hi = datetime.combine(d + timedelta(days=1), datetime.min.time(), ZoneInfo(tz))
+        assert day["queries"] == 10 * int(hi.timestamp() - lo) // 60
+    assert sum(d["blocked"] for d in report["days"]) == exp["blocked"]
+
+    zero_groups = {g: (0, 0, 0) for g in [*GROUPS, "other"]}
+    assert {
+        s["id"]: (s["blocked"], s["attempts"], s["clients"], s["previous_week"])
+        for s in report["services"]
+    } == exp["services"]
+    assert {s["id"]: s["name"] for s in report["services"]}["custom"] == "Custom rules"
+    assert {
+        g["group"]: (g["blocked"], g["attempts"], g["clients"]) for g in report["groups"]
+    } == zero_groups | exp["groups"]
+    assert {b["id"]: (b["blocked"], b["attempts"], b["clients"]) for b in report["bypass"]} == exp[
+        "bypass"
+    ]
+    want_clients = sorted(
+        exp["clients_table"].items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0])
+    )
+    assert [(c["client"], c["blocked"], c["attempts"]) for c in report["top_clients"]] == [
+        (k, v[0], v[1]) for k, v in want_clients[:10]
+    ]
+    want_names = sorted(exp["names"].items(), key=lambda kv: (-kv[1], kv[0][0]))[:10]
+    assert [(n["name"], n["service"], n["blocked"]) for n in report["top_names"]] == [
+        (k[0], k[1], v) for k, v in want_names
+    ]
+    assert ts_of(report["first_attempt"]) == exp["first"]
+    assert ts_of(report["last_attempt"]) == exp["last"]
+    # The CSV cross-tab adds up to the same totals, bypass included.
+    rows = report["breakdown"]
+    assert sum(r["blocked"] for r in rows) == sum(h[7] for h in hits if t0 <= h[0] < t1)
+    assert report["gaps"] == []
+
+
+def test_dst_days_have_23_and_25_hours_of_traffic(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    for week, sunday, hours in (("2026-W13", "2026-03-29", 23), ("2026-W43", "2026-10-25", 25)):
+        start, end = rpt.week_bounds(week, PARIS)
+        insert_traffic(
+            db, [(m, 1, 0) for m in range(int(start.timestamp()), int(end.timestamp()), 60)]
+        )
+        report = build(db, start, end)
+        by_date = {d["date"]: d["queries"] for d in report["days"]}
+        assert by_date[sunday] == hours * 60
+        assert by_date[(date.fromisoformat(sunday) - timedelta(days=1)).isoformat()] == 24 * 60
+        assert f"{sunday} had {hours} hours" in rpt.render_text(report)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    offsets=st.lists(
+        st.tuples(st.integers(0, 7 * 86400 - 1), st.integers(0, 3), st.integers(0, 2)),
+        min_size=0,
+        max_size=40,
+    )
+)
+def test_attempts_and_days_match_the_rule_for_any_hits(
+    tmp_path_factory: pytest.TempPathFactory, offsets: list[tuple[int, int, int]]
+) -> None:
+    db = make_db(tmp_path_factory.mktemp("h") / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0 = int(start.timestamp())
+    hits = [
+        (
+            t0 + o,
+            CLIENTS[c][0],
+            CLIENTS[c][1],
+            SERVICES[s * 2][2],
+            "A",
+            SERVICES[s * 2][0],
+            SERVICES[s * 2][1],
+            1,
+        )
+        for o, c, s in offsets
+    ]
+    insert_hits(db, hits)
+    report = build(db, start, end)
+    exp = expected_report(hits, t0, int(end.timestamp()), PARIS)
+    assert report["totals"]["attempts"] == exp["attempts"]
+    assert {
+        d["date"]: (d["blocked"], d["attempts"]) for d in report["days"] if d["blocked"]
+    } == exp["days"]
+
+
+def test_browser_lookups_within_five_minutes_are_one_attempt(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t = int(start.timestamp()) + 10 * 3600
+    gpt = ("chatgpt.com", "openai-chatgpt", "ai-chatbots")
+
+    def hit(ts: int, qtype: str, client: str = "10.1.9.7", count: int = 1) -> Hit:
+        return (ts, client, "ai-lab", gpt[0], qtype, gpt[1], gpt[2], count)
+
+    insert_hits(db, [hit(t, "A"), hit(t, "AAAA"), hit(t + 1, "HTTPS", count=2)])
+    report = build(db, start, end)
+    assert (report["totals"]["blocked"], report["totals"]["attempts"]) == (4, 1)
+    insert_hits(db, [hit(t + 1 + 360, "A")])  # six minutes later: a second attempt
+    report = build(db, start, end)
+    assert report["totals"]["attempts"] == 2
+    # Exactly 300 s is still the same attempt; the gap rule chains retries.
+    insert_hits(db, [hit(t + 361 + 300, "A"), hit(t + 661 + 250, "A"), hit(t + 911 + 299, "A")])
+    assert build(db, start, end)["totals"]["attempts"] == 2
+    # Another client at the same second is another attempt.
+    insert_hits(db, [hit(t, "A", client="10.1.9.8")])
+    report = build(db, start, end)
+    assert report["totals"]["attempts"] == 3
+    assert report["services"][0]["attempts"] == 3 and report["services"][0]["clients"] == 2
+
+
+def test_one_attempt_across_a_group_change_or_an_off_grid_midnight(tmp_path: Path) -> None:
+    # Both split one 5-minute bucket into two rows; the second row must not start another.
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t = int(start.timestamp()) + 10 * 3600 + 100
+    insert_hits(
+        db,
+        [
+            (t, "10.1.9.7", "ai-lab", "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1),
+            (t + 1, "10.1.9.7", "finance", "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1),
+        ],
+    )
+    report = build(db, start, end)
+    assert report["totals"]["attempts"] == 1
+    assert {g["group"]: g["attempts"] for g in report["groups"]}["ai-lab"] == 1
+
+    db = make_db(tmp_path / "m.db")
+    start, end = rpt.week_bounds("1970-W10", "Africa/Monrovia")
+    midnight = int(rpt.week_bounds("1970-W10", "Africa/Monrovia")[0].timestamp()) + 86400
+    assert midnight % 300 != 0
+    insert_hits(
+        db,
+        [
+            (
+                midnight - 1,
+                "10.1.9.7",
+                None,
+                "claude.ai",
+                "A",
+                "anthropic-claude",
+                "ai-chatbots",
+                1,
+            ),
+            (midnight, "10.1.9.7", None, "claude.ai", "AAAA", "anthropic-claude", "ai-chatbots", 1),
+        ],
+    )
+    report = build(db, start, end, tz="Africa/Monrovia")
+    assert [(d["blocked"], d["attempts"]) for d in report["days"][:3]] == [(1, 1), (1, 0), (0, 0)]
+
+
+def test_service_change_against_previous_week(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0 = int(start.timestamp())
+    prev_t = t0 - 3 * 86400
+    rows: list[Hit] = []
+    rows += [
+        (
+            prev_t + i * 1000,
+            "10.2.3.4",
+            "finance",
+            "chatgpt.com",
+            "A",
+            "openai-chatgpt",
+            "ai-chatbots",
+            1,
+        )
+        for i in range(5)
+    ]
+    rows += [
+        (
+            prev_t + i * 1000,
+            "10.2.3.4",
+            "finance",
+            "gemini.google.com",
+            "A",
+            "google-gemini",
+            "ai-chatbots",
+            1,
+        )
+        for i in range(2)
+    ]
+    rows += [
+        (
+            t0 + i * 1000,
+            "10.2.3.4",
+            "finance",
+            "chatgpt.com",
+            "A",
+            "openai-chatgpt",
+            "ai-chatbots",
+            1,
+        )
+        for i in range(3)
+    ]
+    # Week 13 is an hour short: 00:30 on its Monday is still the week before week 14's.
+    start14, end14 = rpt.week_bounds("2026-W14", PARIS)
+    rows += [
+        (t0 + 1800, "10.2.3.4", "finance", "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1)
+    ]
+    # Two weeks back is not the previous week.
+    rows += [
+        (
+            t0 - 10 * 86400,
+            "10.2.3.4",
+            "finance",
+            "claude.ai",
+            "A",
+            "anthropic-claude",
+            "ai-chatbots",
+            1,
+        )
+    ]
+    insert_hits(db, rows)
+    report = build(db, start, end)
+    svc = {s["id"]: (s["blocked"], s["previous_week"]) for s in report["services"]}
+    assert svc == {"openai-chatgpt": (3, 5), "google-gemini": (0, 2), "anthropic-claude": (1, 0)}
+    text = rpt.render_text(report)
+    assert "-2 (-40%)" in text and "-2 (-100%)" in text
+    w14 = {s["id"]: s["previous_week"] for s in build(db, start14, end14)["services"]}
+    assert w14 == {"openai-chatgpt": 3, "anthropic-claude": 1}
+
+
+def test_groups_count_configured_networks_and_other(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t = int(start.timestamp()) + 3600
+    insert_hits(
+        db,
+        [
+            (t, "10.1.9.7", "ai-lab", "claude.ai", "A", "anthropic-claude", "ai-chatbots", 2),
+            (
+                t + 1000,
+                "10.1.9.8",
+                "ai-lab",
+                "claude.ai",
+                "A",
+                "anthropic-claude",
+                "ai-chatbots",
+                1,
+            ),
+            (t, "192.168.1.20", None, "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1),
+        ],
+    )
+    report = build(db, start, end)
+    assert report["groups"] == [
+        {"group": "ai-lab", "blocked": 3, "attempts": 2, "clients": 2},
+        {"group": "other", "blocked": 1, "attempts": 1, "clients": 1},
+        {"group": "finance", "blocked": 0, "attempts": 0, "clients": 0},
+    ]
+    assert report["top_clients"][0] == {
+        "client": "10.1.9.7",
+        "group": "ai-lab",
+        "blocked": 2,
+        "attempts": 1,
+    }
+
+
+@pytest.mark.parametrize("privacy", ["ip", "hashed", "group", "none"])
+def test_privacy_modes_list_clients_only_where_recorded(tmp_path: Path, privacy: str) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t = int(start.timestamp()) + 3600
+    # Rows as store.py writes them in each mode.
+    ident = {
+        "ip": ("10.1.9.7", "10.1.9.8"),
+        "hashed": ("h:3f9a1c2b7d4e5f60", "h:0123456789abcdef"),
+        "group": (None, None),
+        "none": (None, None),
+    }[privacy]
+    group = None if privacy == "none" else "ai-lab"
+    insert_hits(
+        db,
+        [
+            (t, ident[0], group, "chatgpt.com", "A", "openai-chatgpt", "ai-chatbots", 1),
+            (t + 10, ident[1], group, "chatgpt.com", "A", "openai-chatgpt", "ai-chatbots", 1),
+            (t + 9000, ident[0], group, "chatgpt.com", "A", "openai-chatgpt", "ai-chatbots", 1),
+        ],
+    )
+    report = build(db, start, end, privacy=privacy)
+    assert report["privacy"]["clients"] == privacy
+    assert report["privacy"]["retention_days"] == 90
+    rendered = {fmt: rpt.RENDERERS[fmt](report) for fmt in FORMATS}
+    if privacy in ("ip", "hashed"):
+        assert [c["client"] for c in report["top_clients"]] == list(ident)
+        assert report["totals"]["clients"] == 2
+        assert report["totals"]["attempts"] == 3
+        assert "approximate" not in report["privacy"]["note"]
+        assert ident[0] in rendered["text"] and ident[0] in rendered["html"]
+    else:
+        assert report["top_clients"] == []
+        assert report["totals"]["clients"] is None
+        assert all(s["clients"] is None for s in report["services"])
+        # Without addresses two people within 5 minutes are one attempt.
+        assert report["totals"]["attempts"] == 2
+        assert "approximate" in report["privacy"]["note"]
+        for fmt in ("text", "markdown", "html"):
+            assert "Clients are not recorded" in rendered[fmt]
+            assert "approximate" in rendered[fmt]
+    if privacy == "none":
+        assert [g["group"] for g in report["groups"]] == ["other"]
+        assert "ai-lab" not in rendered["text"]
+
+
+def test_group_mode_report_hides_addresses_left_from_ip_mode(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t = int(start.timestamp())
+    insert_hits(
+        db, [(t, "10.1.9.7", "ai-lab", "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1)]
+    )
+    report = build(db, start, end, privacy="group")
+    assert report["top_clients"] == []
+    assert all("10.1.9.7" not in rpt.RENDERERS[f](report) for f in FORMATS if f != "csv")
+
+
+def test_gaps_show_downtime_hours_and_recorder_lag(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    down_lo, down_hi = t0 + 86400 + 10 * 3600, t0 + 86400 + 12 * 3600  # Tue 10:00-12:00
+    lag = {t0 + 3 * 86400 + 60 * k for k in (0, 1, 2, 10)}  # a 3-minute run and one minute
+    # A restart that misses a few minutes inside an hour is not downtime of that hour.
+    blip = set(range(t0 + 5 * 86400, t0 + 5 * 86400 + 300, 60))
+    insert_traffic(
+        db,
+        [
+            (m, 5, 7 if m in lag else 0)
+            for m in range(t0, t1, 60)
+            if not down_lo <= m < down_hi and m not in blip
+        ],
+    )
+    report = build(db, start, end)
+    iso = lambda ts: datetime.fromtimestamp(ts, ZoneInfo(PARIS)).isoformat()  # noqa: E731
+    lag_lo = min(lag)
+    assert report["gaps"] == [
+        {"start": iso(down_lo), "end": iso(down_hi), "kind": "server-down"},
+        {"start": iso(lag_lo), "end": iso(lag_lo + 180), "kind": "recorder-behind"},
+        {"start": iso(lag_lo + 600), "end": iso(lag_lo + 660), "kind": "recorder-behind"},
+    ]
+    assert "server-down" in rpt.render_text(report)
+    # The hours after "now" are not downtime: the period is not over yet.
+    report = build(db, start, end, now=datetime.fromtimestamp(t0 + 86400 + 11 * 3600, UTC))
+    assert report["gaps"] == [
+        {"start": iso(down_lo), "end": iso(down_lo + 3600), "kind": "server-down"}
+    ]
+
+
+def test_server_never_running_is_one_gap(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    report = build(db, start, end)
+    assert report["gaps"] == [
+        {"start": start.isoformat(), "end": end.isoformat(), "kind": "server-down"}
+    ]
+    assert report["totals"]["blocked_share"] is None
+
+
+@pytest.mark.parametrize("case", ["empty", "one-hit", "privacy-none"])
+def test_every_format_renders_small_weeks_and_says_so(tmp_path: Path, case: str) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W44", PARIS)
+    t = int(start.timestamp()) + 7 * 3600
+    privacy = "none" if case == "privacy-none" else "ip"
+    if case != "empty":
+        client = None if case == "privacy-none" else "10.2.3.4"
+        group = None if case == "privacy-none" else "finance"
+        insert_hits(
+            db, [(t, client, group, "gemini.google.com", "AAAA", "google-gemini", "ai-chatbots", 1)]
+        )
+    report = build(db, start, end, privacy=privacy)
+    out = {fmt: rpt.RENDERERS[fmt](report) for fmt in FORMATS}
+    assert json.loads(out["json"]) == report
+    csv_lines = out["csv"].splitlines()
+    assert csv_lines[0] == "date,service,category,group,blocked,attempts"
+    if case == "empty":
+        for fmt in ("text", "markdown", "html"):
+            assert rpt.EMPTY_WEEK in out[fmt]
+            # No traffic row either: "none blocked" must not read as proof.
+            assert "Recording had gaps" in out[fmt]
+        assert len(csv_lines) == 1
+        assert report["first_attempt"] is None and report["services"] == []
+    else:
+        for fmt in ("text", "markdown", "html"):
+            assert rpt.EMPTY_WEEK not in out[fmt]
+            assert "Gemini (Google)" in out[fmt]
+        group = "other" if privacy == "none" else "finance"
+        assert csv_lines[1:] == [f"2026-10-26,google-gemini,ai-chatbots,{group},1,1"]
+        assert report["first_attempt"] == report["last_attempt"] == "2026-10-26T07:00:00+01:00"
+        assert report["totals"]["attempts"] == 1
+    if case == "privacy-none":
+        for fmt in ("text", "markdown", "html"):
+            assert "Neither clients nor their groups are recorded" in out[fmt]
+
+
+def test_json_is_sorted_and_stable(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    generate_hits(db, 500, int(start.timestamp()), int(end.timestamp()), seed=7)
+    a = rpt.render_json(build(db, start, end))
+    b = rpt.render_json(build(db, start, end))
+    assert a == b
+    keys = re.findall(r'^  "(\w+)"', a, re.M)
+    assert keys == sorted(keys) and set(keys) == SCHEMA_KEYS
+
+
+def test_markdown_escapes_pipes_and_html_escapes_markup(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    insert_hits(
+        db,
+        [
+            (
+                int(start.timestamp()),
+                "10.1.9.7",
+                "ai-lab",
+                "x.example",
+                "A",
+                "evil",
+                "ai-chatbots",
+                1,
+            )
+        ],
+    )
+    report = build(db, start, end, service_names={"evil": "<b>Bad|Name</b>"})
+    assert "Bad\\|Name" in rpt.render_markdown(report)
+    page = rpt.render_html(report)
+    assert "<b>Bad" not in page and "&lt;b&gt;Bad|Name&lt;/b&gt;" in page
+
+
+def test_retention_shorter_than_the_period_age_is_stated(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    report = build(db, start, end, retention_days=30)
+    assert "Hits older than 30 days are deleted" in report["privacy"]["note"]
+    assert "older than" not in build(db, start, end, retention_days=365)["privacy"]["note"]
+
+
+def test_missing_database_or_tables_is_a_store_error(tmp_path: Path) -> None:
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    with pytest.raises(StoreError, match="database not found"):
+        build(tmp_path / "nope.db", start, end)
+    assert not (tmp_path / "nope.db").exists()
+    sqlite3.connect(tmp_path / "bare.db").close()
+    with pytest.raises(StoreError, match="no such table"):
+        build(tmp_path / "bare.db", start, end)
+    with pytest.raises(SinkholeError, match="privacy mode"):
+        build(make_db(tmp_path / "s.db"), start, end, privacy="everything")
+
+
+# -- the page in a real browser --------------------------------------------------------------
+
+
+class _Bars(HTMLParser):
+    """Counts rect.bar elements per chart svg, and notes anything that loads from outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chart: str | None = None
+        self.bars: dict[str, list[dict[str, str | None]]] = defaultdict(list)
+        self.external: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "svg":
+            self.chart = next(c for c in (a.get("class") or "").split() if c.startswith("chart-"))
+        elif tag == "rect" and "bar" in (a.get("class") or "").split() and self.chart:
+            self.bars[self.chart].append(a)
+        elif tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            if a.get(key):
+                self.external.append(str(a[key]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self.chart = None
+
+
+def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """Width, height and unfiltered scanlines of an 8-bit RGB or RGBA PNG (RFC 2083)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and color in (2, 6)
+            bpp = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        ftype, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        if ftype == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif ftype == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev, strict=True))
+        elif ftype == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
+        elif ftype == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, rows
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing on CI: apt-get install -y chromium")
+        pytest.skip("chromium not installed")
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    generate_hits(db, 800, int(start.timestamp()) - 7 * 86400, int(end.timestamp()), seed=3)
+    report = build(db, start, end)
+    page = tmp_path / "report.html"
+    page.write_text(rpt.render_html(report), encoding="utf-8")
+
+    bars = _Bars()
+    bars.feed(page.read_text(encoding="utf-8"))
+    assert [b["data-date"] for b in bars.bars["chart-days"]] == [d["date"] for d in report["days"]]
+    assert len(bars.bars["chart-days"]) == 7
+    assert [b["data-service"] for b in bars.bars["chart-services"]] == [
+        s["id"] for s in report["services"]
+    ]
+    assert [int(str(b["data-blocked"])) for b in bars.bars["chart-days"]] == [
+        d["blocked"] for d in report["days"]
+    ]
+    assert bars.scripts == 0 and bars.external == []
+    assert "@page { size: A4" in page.read_text(encoding="utf-8")
+
+    shot = tmp_path / "shot.png"
+    result = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.is_file(), result.stderr[-2000:]
+    width, height, rows = png_pixels(shot)
+    assert (width, height) == (1200, 1600)
+    assert len(set(rows)) > 50, "the screenshot is blank"
+    # The bars' blue (#3b6ea8) is on screen, so the SVG was drawn, not just the text.
+    assert any(b"\x3b\x6e\xa8" in row for row in rows)
