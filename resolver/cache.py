@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from resolver.config import CacheConfig
-from resolver.wire import U16, U32, Answer, Query
+from resolver.wire import U16, U32, Answer, Query, Z
 
 #: RFC 8767 4: a stale answer is served with this TTL.
 STALE_ANSWER_TTL = 30
@@ -104,6 +104,7 @@ class Cache:
             ttls = [min(max(t, cfg.min_ttl), cfg.max_ttl) for t in ttls]
         buf = bytearray(response)
         U16.pack_into(buf, 0, 0)
+        buf[3] &= ~Z & 0xFF  # never replay an upstream's Z bit (RFC 1035 4.1.1)
         entries = self.entries
         if len(entries) >= self.size and query.key not in entries:
             self._evict(now)

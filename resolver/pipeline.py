@@ -22,6 +22,9 @@ log = logging.getLogger("sinkhole.pipeline")
 #: Distinct questions waiting on upstreams at once; past it, new ones get SERVFAIL
 #: so a random-subdomain flood cannot grow memory or upstream load without bound.
 MAX_INFLIGHT = 4096
+#: Queries (not distinct questions) waiting for an upstream answer at once; past it a
+#: new one gets SERVFAIL at once, so a flood of one slow name cannot pile up tasks.
+MAX_WAITING = 20_000
 ACL_MEMO_SIZE = 65_536
 RATE_LIMIT_TABLE_SIZE = 100_000
 
@@ -113,6 +116,8 @@ class RateLimiter:
         last = self.logged.get(client, 0.0)
         if now - last >= 60:
             # One line per client per minute, not one per refused query.
+            if len(self.logged) >= RATE_LIMIT_TABLE_SIZE:
+                self.logged.clear()
             self.logged[client] = now
             log.warning("client %s is over its rate limit; refusing its queries", client)
         req.outcome = Outcome.RATE_LIMITED
@@ -200,6 +205,9 @@ class Resolver:
         #: blocked queries per service id (or category for lists and custom rules)
         self.blocked_by: dict[str, int] = {}
         self.inflight: dict[bytes, asyncio.Task] = {}
+        #: bound of `inflight`; the server lowers it when file descriptors are scarce
+        self.max_inflight = MAX_INFLIGHT
+        self.waiting = 0
         self.tasks: set[asyncio.Task] = set()
         self.steps = self.build_chain(config)
 
@@ -263,6 +271,8 @@ class Resolver:
             if out is not None:
                 self.counts[req.outcome] += 1
                 return out
+        if self.waiting >= MAX_WAITING:
+            return self._fail(req)
         return self.forward(req)
 
     def _refuse_malformed(self, data: bytes, exc: WireError) -> bytes | None:
@@ -301,16 +311,17 @@ class Resolver:
         q = req.query
         task = self.inflight.get(q.key)
         if task is None:
-            if len(self.inflight) >= MAX_INFLIGHT:
+            if len(self.inflight) >= self.max_inflight:
                 return self._fail(req)
             task = asyncio.ensure_future(self.fetch(q))
             self.inflight[q.key] = task
             task.add_done_callback(lambda _t, k=q.key: self.inflight.pop(k, None))
+        self.waiting += 1
         try:
             # Identical questions share one upstream exchange (retries are not multiplied).
             result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            raise
+        finally:
+            self.waiting -= 1
         if result is None:
             stale = self.cache.get_stale(q, time.monotonic())
             if stale is not None:
@@ -327,7 +338,10 @@ class Resolver:
                 self.counts[Outcome.BLOCKED] += 1
                 return out
         self.counts[Outcome.FORWARDED] += 1
-        return self._deliver(req, q.wire[:2] + data[2:12] + q.question + data[q.question_end :])
+        # The upstream's flags without Z (RFC 1035 4.1.1), whatever it echoed.
+        flags = (data[2] << 8 | data[3]) & ~wire.Z
+        out = q.wire[:2] + wire.U16.pack(flags) + data[4:12] + q.question + data[q.question_end :]
+        return self._deliver(req, out)
 
     def _deliver(self, req: Request, out: bytes) -> bytes:
         if not req.tcp and len(out) > req.query.max_udp:

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -17,7 +18,7 @@ from resolver import __version__
 from resolver.catalog import load_catalog
 from resolver.config import Config, load_config
 from resolver.errors import SinkholeError
-from resolver.pipeline import Resolver
+from resolver.pipeline import MAX_INFLIGHT, Resolver
 from resolver.policy import Policy, PolicyState, build_policy
 from resolver.store import Recorder, Store
 from resolver.upstream import Forwarder
@@ -28,7 +29,17 @@ log = logging.getLogger("sinkhole")
 POLICY_POLL = 0.5
 #: Shutdown: stop listening, give in-flight queries this long, then cancel them.
 SHUTDOWN_GRACE = 1.5
+#: The hit recorder's final flush gets this long, so SIGTERM exits within 5 s in all.
+SHUTDOWN_FLUSH = 2.5
 TCP_MAX_MESSAGE = 65_535
+#: Queries of one TCP connection answered concurrently (RFC 7766 6.2.1.1); past it
+#: the connection is not read until one completes.
+TCP_MAX_PIPELINE = 64
+#: Answers waiting for a client that does not read: past it the connection is closed.
+TCP_MAX_WRITE_BUFFER = 256 * 1024
+#: File descriptors kept for listeners, TCP clients and the database; the rest
+#: bounds the upstream sockets (each waiting question holds up to two per upstream).
+FD_RESERVE = 512
 #: Under pressure (connections above this share of the limit) idle TCP clients get less time.
 TCP_PRESSURE_SHARE = 0.5
 TCP_PRESSURE_IDLE = 1.0
@@ -81,20 +92,24 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         try:
             out = self.server.resolver.handle(data, addr[0], False)
+            if out is None:
+                return
+            if type(out) is bytes:
+                self.transport.sendto(out, addr)
+            else:
+                self.server.spawn(self._later(out, addr))
         except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
             log.exception("error handling a UDP query from %s", addr[0])
-            return
-        if out is None:
-            return
-        if type(out) is bytes:
-            self.transport.sendto(out, addr)
-        else:
-            self.server.spawn(self._later(out, addr))
 
     async def _later(self, coro: Coroutine, addr) -> None:
-        out = await coro
-        if out is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(out, addr)
+        try:
+            out = await coro
+            if out is not None and self.transport is not None and not self.transport.is_closing():
+                self.transport.sendto(out, addr)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one query's failure must not go unnoticed or spread
+            log.exception("error answering a UDP query from %s", addr[0])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for a client that went away: nothing to do
@@ -124,12 +139,26 @@ class Server:
         self.transports: list = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tcp_connections: set[asyncio.Task] = set()
+        #: connections waiting for their next message: (its idle deadline, when it began)
+        self.tcp_waiting: dict[asyncio.Task, tuple[asyncio.Timeout, float]] = {}
         self.tasks: set[asyncio.Task] = set()
         self.stopping: asyncio.Event | None = None
         self.started = time.time()
         self.metrics = None
         self.overrides: dict = {}
         self.watcher: asyncio.Task | None = None
+        self.reloading = asyncio.Lock()
+        self.resolver.max_inflight = inflight_limit(len(self.forwarder.upstreams))
+        self._warn_loop(config)
+
+    def _warn_loop(self, config: Config) -> None:
+        """An upstream that is one of our own listen addresses forwards every query to us."""
+        own = set(config.listen_addresses())
+        for u in self.forwarder.upstreams:
+            if (u.host, u.port) in own:
+                log.warning(
+                    "upstream %s is this server's own address: forwarded names will fail", u
+                )
 
     def spawn(self, coro: Coroutine) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -202,9 +231,13 @@ class Server:
         client = peer[0] if peer else "?"
         limit = self.config.tcp.max_connections
         pending: set[asyncio.Task] = set()
+        transport = writer.transport
+        loop = asyncio.get_running_loop()
         try:
             if len(self.tcp_connections) > limit:
                 return  # over the connection limit: close at once
+            if len(self.tcp_connections) > limit * TCP_PRESSURE_SHARE:
+                self._squeeze_idle()
             while True:
                 idle = self.config.tcp.idle_timeout
                 if len(self.tcp_connections) > limit * TCP_PRESSURE_SHARE:
@@ -212,11 +245,14 @@ class Server:
                 try:
                     # The whole message must arrive within the idle time: a client
                     # sending one byte a second cannot hold a slot forever.
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(idle) as deadline:
+                        self.tcp_waiting[task] = (deadline, loop.time())
                         size = struct.unpack("!H", await reader.readexactly(2))[0]
                         data = await reader.readexactly(size)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
+                finally:
+                    self.tcp_waiting.pop(task, None)
                 try:
                     out = self.resolver.handle(data, client, True)
                 except Exception:  # noqa: BLE001
@@ -228,9 +264,15 @@ class Server:
                     writer.write(struct.pack("!H", len(out)) + out)
                 else:
                     # Pipelined queries are answered as they complete (RFC 7766 6.2.1.1).
-                    t = asyncio.ensure_future(self._tcp_later(out, writer))
+                    t = asyncio.ensure_future(self._tcp_later(out, writer, client))
                     pending.add(t)
                     t.add_done_callback(pending.discard)
+                    if len(pending) >= TCP_MAX_PIPELINE:
+                        # Stop reading until one completes: one connection cannot queue
+                        # an unbounded number of upstream questions.
+                        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if transport.get_write_buffer_size() > TCP_MAX_WRITE_BUFFER:
+                    break  # a client that sends but never reads would grow our memory
             if pending:
                 await asyncio.wait(pending, timeout=self.config.upstream_timeout + 0.5)
         except asyncio.CancelledError:
@@ -241,10 +283,24 @@ class Server:
             self.tcp_connections.discard(task)
             writer.close()
 
-    async def _tcp_later(self, coro: Coroutine, writer: asyncio.StreamWriter) -> None:
-        out = await coro
-        if out is not None and not writer.is_closing():
-            writer.write(struct.pack("!H", len(out)) + out)
+    def _squeeze_idle(self) -> None:
+        """Pressure began: waiting connections get the short idle time too (RFC 7766 6.2.3)."""
+        now = asyncio.get_running_loop().time()
+        for deadline, started in list(self.tcp_waiting.values()):
+            target = max(started + TCP_PRESSURE_IDLE, now)
+            when = deadline.when()
+            if not deadline.expired() and (when is None or when > target):
+                deadline.reschedule(target)
+
+    async def _tcp_later(self, coro: Coroutine, writer: asyncio.StreamWriter, client: str) -> None:
+        try:
+            out = await coro
+            if out is not None and not writer.is_closing():
+                writer.write(struct.pack("!H", len(out)) + out)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("error answering a TCP query from %s", client)
 
     # -- live changes ---------------------------------------------------------------------------
 
@@ -279,6 +335,12 @@ class Server:
 
     async def reload(self) -> None:
         """SIGHUP: re-read config and catalog; on any error keep everything as it is."""
+        # Signals in quick succession: one reload at a time, so an older file read
+        # cannot finish last and win.
+        async with self.reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             config = await loop.run_in_executor(None, load_config, self.config.path)
@@ -293,12 +355,16 @@ class Server:
         except SinkholeError as exc:
             log.error("reload failed, keeping the running config and policy: %s", exc)
             return
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop DNS
+            log.error("reload failed, keeping the running config and policy: %r", exc)
+            return
         if config.listen != self.config.listen or config.workers != self.config.workers:
             log.warning("listen and workers changes take effect after a restart")
         self.catalog = catalog
         self.config = config
         self.forwarder = forwarder
         self.resolver.reconfigure(config, policy, forwarder)
+        self.resolver.max_inflight = inflight_limit(len(forwarder.upstreams))
         self.policy_version = policy.version
         log.info("reloaded config and catalog: %d block patterns", policy.matcher.block_count)
 
@@ -320,7 +386,7 @@ class Server:
         for task in list(self.resolver.inflight.values()):
             task.cancel()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.recorder.stop)
+        await loop.run_in_executor(None, self.recorder.stop, SHUTDOWN_FLUSH)
         if self.metrics is not None:
             self.metrics.stop()
 
@@ -337,6 +403,27 @@ class Server:
             f"database: {self.db_path}; privacy: clients {cfg.privacy.clients}, "
             f"retention {cfg.privacy.retention_days} days",
         ]
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one (systemd's soft default is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def inflight_limit(upstreams: int) -> int:
+    """Distinct questions that may wait on upstreams, so their sockets fit the fd limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_INFLIGHT
+    per_question = 2 * max(1, upstreams)
+    return max(16, min(MAX_INFLIGHT, (soft - FD_RESERVE) // per_question))
 
 
 def drop_privileges(user: str, paths: list[str]) -> None:
@@ -377,6 +464,7 @@ def run_one(config: Config, overrides: dict, *, reuse_port: bool, quiet: bool = 
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = asyncio.new_event_loop
+    raise_fd_limit()
     try:
         server = Server(config, reuse_port=reuse_port)
         server.overrides = overrides

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import socket
@@ -24,6 +25,8 @@ BACKOFF_MAX = 60.0
 MAX_UDP_ANSWER = 65_535
 #: Upper bounds (seconds) of the upstream latency histogram exported on /metrics.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: Errors of our own machine (out of descriptors or buffers), not of the upstream.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Upstream:
@@ -131,12 +134,14 @@ class _Exchange:
 
     def send(self, upstream: Upstream) -> None:
         ident = secrets.randbits(16)
-        packet = struct.pack("!H", ident) + self.query.wire[2:]
+        packet = wire.upstream_query(self.query, ident)
         try:
             self.attempts.append(_Attempt(self.loop, upstream, packet, self.on_reply, ident))
         except OSError as exc:
             log.debug("cannot send to %s: %s", upstream, exc)
-            upstream.failed()
+            if exc.errno not in LOCAL_ERRNOS:
+                # Out of descriptors is our problem: it must not mark a healthy upstream down.
+                upstream.failed()
             self.excluded.add(upstream)
 
     def on_reply(self, attempt: _Attempt) -> None:
@@ -229,6 +234,13 @@ class Forwarder:
             ex.close()
         if ex.result is not None:
             data, answer, upstream = ex.result
+            winner = next(a for a in ex.attempts if a.upstream is upstream)
+            # An upstream whose attempt went out before the winner's and is still silent
+            # let its retry timer run out: count it, or a blackholed first upstream would
+            # cost every query the retry delay forever instead of being put last.
+            for slow in {a.upstream for a in ex.attempts if a.sent < winner.sent} - {upstream}:
+                if slow in live:
+                    slow.failed()
             if answer.tc:
                 tcp = await self._tcp(query, upstream, deadline)
                 if tcp is not None:
@@ -254,7 +266,7 @@ class Forwarder:
             async with asyncio.timeout(remaining):
                 reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
                 ident = secrets.randbits(16)
-                packet = struct.pack("!H", ident) + query.wire[2:]
+                packet = wire.upstream_query(query, ident)
                 writer.write(struct.pack("!H", len(packet)) + packet)
                 await writer.drain()
                 while True:

@@ -28,6 +28,7 @@ AA = 0x0400
 TC = 0x0200
 RD = 0x0100
 RA = 0x0080
+Z = 0x0040  # must be zero in queries and responses (RFC 1035 4.1.1)
 AD = 0x0020
 CD = 0x0010
 OPCODE_MASK = 0x7800
@@ -86,6 +87,9 @@ class WireError(Exception):
         self.rcode = rcode
 
 
+_FLAG_KEYS = {f: bytes([((f & RD) >> 8) | ((f & CD) >> 3)]) for f in (0, RD, CD, RD | CD)}
+
+
 class Query:
     """A parsed query: header fields, the question as asked, and its EDNS state."""
 
@@ -102,10 +106,12 @@ class Query:
         "udp_size",
         "do",
         "edns_version",
+        "opt",
         "key",
     )
 
     def __init__(self) -> None:
+        self.opt = b""
         self.edns = False
         self.udp_size = CLASSIC_UDP_LIMIT
         self.do = False
@@ -172,11 +178,13 @@ def parse_query(wire: bytes) -> Query:
     if ancount or nscount or arcount:
         _parse_extra(q, wire, pos, ancount + nscount, arcount)
     # Lowercase only the name: qtype/qclass bytes may be ASCII letters, lengths never are.
+    # RD and CD change what an upstream answers, so they are part of the key: a client
+    # asking with RD=0 must not fill the cache for everyone else.
     q.key = (
         wire[12 : pos - 4].lower()
         + wire[pos - 4 : pos]
         + (b"\x01" if q.do else b"\x00" if q.edns else b"\x02")
-        + (b"\x01" if flags & CD else b"\x00")
+        + _FLAG_KEYS[flags & (RD | CD)]
     )
     return q
 
@@ -201,6 +209,7 @@ def _parse_extra(q: Query, wire: bytes, pos: int, skip: int, arcount: int) -> No
             if wire[start] != 0:
                 raise WireError("OPT owner is not the root")
             q.edns = True
+            q.opt = wire[start:pos]
             q.udp_size = rclass
             q.edns_version = (ttl >> 16) & 0xFF
             q.do = bool(ttl & 0x8000)
@@ -301,8 +310,14 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     if not flags & QR or qdcount != 1:
         raise WireError("not an answer")
     qlen = query.question_end - 12
-    question = wire[12 : 12 + qlen]
-    if len(question) != qlen or question.lower() != query.question.lower():
+    qend = 12 + qlen
+    # The name compares case-insensitively (0x20 case may differ), type and class exactly:
+    # lowering all of it would let TYPE97 ('a') answer a question for HTTPS (65, 'A').
+    if (
+        len(wire) < qend
+        or wire[qend - 4 : qend] != query.wire[qend - 4 : qend]
+        or wire[12 : qend - 4].lower() != query.wire[12 : qend - 4].lower()
+    ):
         raise WireError("answer for another question")
     a = Answer()
     a.rcode = flags & 0xF
@@ -345,6 +360,19 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     else:
         a.ttl = min_ttl if min_ttl is not None else 0
     return a
+
+
+def upstream_query(query: Query, ident: int) -> bytes:
+    """The client's question and OPT under our own ID, Z cleared, to send upstream.
+
+    Whatever else the client put in the other sections stays here: an upstream gets
+    a plain query it cannot mistake for an update or a notify.
+    """
+    return (
+        HEADER.pack(ident, query.flags & ~Z, 1, 0, 0, 1 if query.opt else 0)
+        + query.wire[12 : query.question_end]
+        + query.opt
+    )
 
 
 def header_flags(query: Query, rcode: int, aa: bool = False) -> int:
@@ -390,8 +418,24 @@ def error_response(wire: bytes, rcode: int) -> bytes | None:
 
 
 def _question_end(wire: bytes) -> int:
-    pos = skip_name(wire, 12)
-    if pos + 4 > len(wire):
+    """End of the first question, checked as strictly as parse_query checks it."""
+    pos = 12
+    end = len(wire)
+    length = 0
+    while True:
+        if pos >= end:
+            raise WireError("question truncated")
+        n = wire[pos]
+        if n == 0:
+            pos += 1
+            break
+        if n > 63:
+            raise WireError("label type or pointer in question")
+        length += n + 1
+        if length > MAX_NAME_LENGTH - 1:
+            raise WireError("name longer than 255 bytes")
+        pos += n + 1
+    if pos + 4 > end:
         raise WireError("question truncated")
     return pos + 4
 
