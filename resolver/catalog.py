@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import encodings.idna  # noqa: F401 - loaded now: a reload after dropping privileges can't
 import os
 import re
 from dataclasses import dataclass, field

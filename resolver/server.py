@@ -366,6 +366,7 @@ class Server:
         self.resolver.reconfigure(config, policy, forwarder)
         self.resolver.max_inflight = inflight_limit(len(forwarder.upstreams))
         self.policy_version = policy.version
+        logging.getLogger().setLevel(config.log_level.upper())
         log.info("reloaded config and catalog: %d block patterns", policy.matcher.block_count)
 
     # -- shutdown ---------------------------------------------------------------------------------
@@ -469,6 +470,15 @@ def run_one(config: Config, overrides: dict, *, reuse_port: bool, quiet: bool = 
         server = Server(config, reuse_port=reuse_port)
         server.overrides = overrides
         socks = server.bind()
+        if config.metrics_listen:
+            # Imported now: after dropping privileges the interpreter's own files may
+            # no longer be readable (a Python under /root, mode 700).
+            try:
+                from resolver.metrics import MetricsServer
+
+                server.metrics = MetricsServer(server)
+            except ImportError as exc:
+                log.warning("metrics_listen is set but %s: no /health or /metrics", exc)
         if config.user and os.getuid() == 0:
             drop_privileges(config.user, [server.db_path])
     except SinkholeError as exc:
@@ -489,20 +499,17 @@ async def _main(server: Server, socks: list[socket.socket], quiet: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
     await server.start(socks)
-    if server.config.metrics_listen:
+    if server.metrics is not None:
         try:
-            from resolver.metrics import MetricsServer
-
-            server.metrics = MetricsServer(server)
             server.metrics.start()
-        except ImportError:
-            pass
         except SinkholeError as exc:
             log.error("%s", exc)
+            server.metrics = None
     if not quiet:
         for line in server.describe():
             log.info("%s", line)
     await stop.wait()
     log.info("stopping")
     await server.shutdown()
+    log.info("stopped; %d hits written this run", server.recorder.written)
     return 0
