@@ -15,11 +15,14 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from resolver.errors import SinkholeError, StoreError
+from resolver.store import GRP_SQL, IDENT_SQL, ROLLUP_SECONDS, SVC_SQL
 
 SCHEMA_VERSION = 1
 #: Hits of one client for one service closer than this belong to one attempt: a browser
 #: asks A, AAAA and HTTPS at once and retries for a while.
 ATTEMPT_GAP_SECONDS = 300
+# The rollup's buckets must be exactly one gap wide for the rule in _query_report.
+assert ROLLUP_SECONDS == ATTEMPT_GAP_SECONDS
 #: The longest period one report covers; the per-day CASE in SQL grows with it.
 MAX_PERIOD_DAYS = 400
 PRIVACY_MODES = ("ip", "hashed", "group", "none")
@@ -258,6 +261,72 @@ def _gaps(conn: sqlite3.Connection, start: int, end: int, zi: ZoneInfo) -> list[
     return [{"start": _iso(lo, zi), "end": _iso(hi, zi), "kind": kind} for lo, hi, kind in gaps]
 
 
+def _has_rollup(conn: sqlite3.Connection) -> bool:
+    # A database older than migration m002 has only the hits; the report still reads it.
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hits_5min'"
+        ).fetchone()
+        is not None
+    )
+
+
+def _sources(
+    conn: sqlite3.Connection, t0: int, t1: int, days: list[tuple[date, int, int]]
+) -> list[str]:
+    """SELECTs whose rows together are the parts of [t0, t1): (b, ident, svc, grp, day,
+    qname, category, blocked, first, last), one per 5-minute bucket, identity, service,
+    group, local day and name.
+
+    Whole buckets within one local day come from the rollup `hits_5min`; the bucket cut
+    by the start or end of the period and any bucket cut by a local midnight off the
+    5-minute grid come from the hits themselves. All bounds are integers we computed, so
+    inlining them is safe.
+    """
+    width = ATTEMPT_GAP_SECONDS
+    raw_cols = (
+        f"ts / {width} AS b, {IDENT_SQL.format(p='')} AS ident, {SVC_SQL.format(p='')} AS svc,"
+        f" {GRP_SQL.format(p='')} AS grp, {_day_case('ts', days)} AS day, qname,"
+        " MAX(category) AS category, SUM(count) AS blocked, MIN(ts) AS first, MAX(ts) AS last"
+    )
+
+    def raw(lo: int, hi: int) -> str:
+        return (
+            f"SELECT {raw_cols} FROM hits WHERE ts >= {lo} AND ts < {hi}"
+            " GROUP BY b, ident, svc, grp, day, qname"
+        )
+
+    b0 = -(-t0 // width)  # the first bucket that starts inside the period
+    b1 = t1 // width  # the first bucket that ends outside it
+    if b1 <= b0 or not _has_rollup(conn):
+        return [raw(t0, t1)]
+    split = sorted({lo // width for _, lo, _ in days[1:] if lo % width and b0 <= lo // width < b1})
+    skip = f" AND bucket NOT IN ({', '.join(map(str, split))})" if split else ""
+    sources = [
+        f"""SELECT bucket AS b, ident, svc, grp, {_day_case(f"bucket * {width}", days)} AS day,
+                   qname, category, blocked, first_ts AS first, last_ts AS last
+            FROM hits_5min WHERE bucket >= {b0} AND bucket < {b1}{skip}"""
+    ]
+    edges = [(t0, b0 * width), (b1 * width, t1)] + [(b * width, b * width + width) for b in split]
+    sources += [raw(lo, hi) for lo, hi in edges if lo < hi]
+    return sources
+
+
+def _fill_parts(
+    conn: sqlite3.Connection, t0: int, t1: int, days: list[tuple[date, int, int]]
+) -> None:
+    """The temp table `part` of [t0, t1), keyed in the order the report groups it."""
+    for table in ("part", "step", "cell"):
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+    conn.execute(
+        """CREATE TEMP TABLE part (b INTEGER, ident TEXT, svc TEXT, grp TEXT, day INTEGER,
+             qname TEXT, category TEXT, blocked INTEGER, first INTEGER, last INTEGER,
+             PRIMARY KEY (b, ident, svc, grp, day, qname)) WITHOUT ROWID"""
+    )
+    for source in _sources(conn, t0, t1, days):
+        conn.execute(f"INSERT INTO part {source}")
+
+
 def build_report(
     db_path: str | os.PathLike[str],
     *,
@@ -330,62 +399,34 @@ def _query_report(
     top: int,
     now: datetime,
 ) -> dict[str, Any]:
-    # The one sort over the period's hits (read through index hits_ts) folds them into
-    # parts: (5-minute bucket, identity, service, name, group). Without a client the group
-    # stands in for the identity. Every later step reads parts, buckets or cells, which
-    # number far fewer than hits, so the sorter record is kept narrow: local midnights sit
-    # on the 5-minute grid in every current time zone, so a bucket lies within one day and
-    # the day is computed from its first hit later; off the grid it joins the key.
-    on_grid = all(lo % ATTEMPT_GAP_SECONDS == 0 for _, lo, _ in days[1:])
-    day_key = "" if on_grid else f", {_day_case('ts', days)}"
-    conn.execute("DROP TABLE IF EXISTS temp.part")
-    conn.execute("DROP TABLE IF EXISTS temp.bucket")
-    conn.execute("DROP TABLE IF EXISTS temp.cell")
+    _fill_parts(conn, t0, t1, days)
+    # The gap rule needs no window function (SQLite materialises every partition): with
+    # buckets exactly as wide as the gap, only the earliest hit of a bucket can start an
+    # attempt (any later one is at most 299 s after it), and it does unless the previous
+    # bucket holds a hit at most 300 s before it; two buckets back is always further.
+    # The earliest part of a bucket (ties broken by group, day and name: a bucket splits
+    # only at a local midnight off the 5-minute grid, when a client changed group, or by
+    # name) carries the attempt. Read in `part` key order, both NOT EXISTS are seeks on a
+    # key prefix next to the row just read; grouping first would sort before seeking.
     conn.execute(
-        f"""CREATE TEMP TABLE part AS
-        SELECT ts / {ATTEMPT_GAP_SECONDS} AS b, ident, svc, qname, grp,
-               MAX(category) AS category, SUM(count) AS blocked, MIN(ts) AS first,
-               MAX(ts) AS last
-        FROM (SELECT ts, count, category, qname,
-                     COALESCE(service, category, 'custom') AS svc,
-                     COALESCE(client_group, '{OTHER_GROUP}') AS grp,
-                     COALESCE(client, 'group:' || COALESCE(client_group, '{OTHER_GROUP}'))
-                       AS ident
-              FROM hits WHERE ts >= :t0 AND ts < :t1)
-        GROUP BY b, ident, svc, qname, grp{day_key}""",
-        {"t0": t0, "t1": t1},
+        f"""CREATE TEMP TABLE step AS
+        SELECT day, svc, category, grp, ident, blocked, first, last,
+               NOT EXISTS (SELECT 1 FROM part q
+                           WHERE q.b = p.b AND q.ident = p.ident AND q.svc = p.svc
+                             AND (q.first < p.first OR (q.first = p.first
+                                  AND (q.grp, q.day, q.qname) < (p.grp, p.day, p.qname))))
+               AND NOT EXISTS (SELECT 1 FROM part r
+                           WHERE r.b = p.b - 1 AND r.ident = p.ident AND r.svc = p.svc
+                             AND r.last >= p.first - {ATTEMPT_GAP_SECONDS}) AS start
+        FROM part p"""
     )
     conn.execute(
-        """CREATE TEMP TABLE bucket (ident TEXT, svc TEXT, b INTEGER, day INTEGER, grp TEXT,
-             category TEXT, blocked INTEGER, first INTEGER, last INTEGER,
-             PRIMARY KEY (ident, svc, b, day, grp)) WITHOUT ROWID"""
-    )
-    conn.execute(
-        f"""INSERT INTO bucket SELECT ident, svc, b, {_day_case("first", days)} AS day, grp,
-                  MAX(category), SUM(blocked), MIN(first), MAX(last)
-           FROM part GROUP BY ident, svc, b, day, grp"""
-    )
-    # The gap rule needs no LAG window: SQLite materialises every window partition, which
-    # made the report three times slower over a million hits. With buckets exactly as
-    # wide as the gap, only the earliest hit of a bucket can start an attempt (any later
-    # one is at most 299 s after it), and it does unless the previous bucket holds a hit
-    # at most 300 s before it; two buckets back is always further. Both NOT EXISTS are
-    # seeks on a prefix of the primary key. A bucket splits into several rows only at a
-    # local midnight off the 5-minute grid or when a client changed group; its earliest
-    # row is the candidate then.
-    conn.execute(
-        f"""CREATE TEMP TABLE cell AS
-        SELECT p.day, p.svc, MAX(p.category) AS category, p.grp,
-               CASE WHEN p.ident LIKE 'group:%' THEN NULL ELSE p.ident END AS client,
-               SUM(p.blocked) AS blocked,
-               SUM(NOT EXISTS (SELECT 1 FROM bucket q
-                               WHERE q.ident = p.ident AND q.svc = p.svc AND q.b = p.b
-                                 AND (q.first < p.first OR (q.first = p.first AND q.grp < p.grp)))
-                   AND NOT EXISTS (SELECT 1 FROM bucket r
-                               WHERE r.ident = p.ident AND r.svc = p.svc AND r.b = p.b - 1
-                                 AND r.last >= p.first - {ATTEMPT_GAP_SECONDS})) AS attempts,
-               MIN(p.first) AS first, MAX(p.last) AS last
-        FROM bucket p GROUP BY p.day, p.svc, p.grp, p.ident"""
+        """CREATE TEMP TABLE cell AS
+        SELECT day, svc, MAX(category) AS category, grp,
+               CASE WHEN ident LIKE 'group:%' THEN NULL ELSE ident END AS client,
+               SUM(blocked) AS blocked, SUM(start) AS attempts, MIN(first) AS first,
+               MAX(last) AS last
+        FROM step GROUP BY day, svc, grp, ident"""
     )
     chat = f"category IS NOT '{BYPASS_CATEGORY}'"
     nullable = (lambda n: n) if clients_recorded else (lambda n: None)
@@ -412,13 +453,12 @@ def _query_report(
     wall_start = datetime.fromtimestamp(t0, zi).replace(tzinfo=None)
     wall_end = datetime.fromtimestamp(t1, zi).replace(tzinfo=None)
     p0 = int((wall_start - (wall_end - wall_start)).replace(tzinfo=zi).timestamp())
-    previous = dict(
-        conn.execute(
-            f"""SELECT COALESCE(service, category, 'custom'), SUM(count) FROM hits
-                WHERE ts >= ? AND ts < ? AND {chat} GROUP BY 1""",
-            (p0, t0),
-        ).fetchall()
-    )
+    previous: dict[str, int] = {}
+    for source in _sources(conn, p0, t0, [(days[0][0], p0, t0)]):
+        for svc, n in conn.execute(
+            f"SELECT svc, SUM(blocked) FROM ({source}) WHERE {chat} GROUP BY svc"
+        ):
+            previous[svc] = previous.get(svc, 0) + n
     services: dict[str, dict[str, Any]] = {}
     for svc, category, s_blocked, s_attempts, s_clients in conn.execute(
         f"""SELECT svc, MAX(category), SUM(blocked), SUM(attempts), COUNT(DISTINCT client)

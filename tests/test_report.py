@@ -19,24 +19,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlite_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlite_utils.migrations import Migrations
 
 from resolver import report as rpt
 from resolver.errors import SinkholeError, StoreError
-
-SCHEMA_SQL = """
-CREATE TABLE hits (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, client TEXT, client_group TEXT,
-  qname TEXT NOT NULL, qtype TEXT NOT NULL, service TEXT, category TEXT, rule TEXT NOT NULL,
-  action TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
-CREATE INDEX hits_ts ON hits(ts); CREATE INDEX hits_service_ts ON hits(service, ts);
-CREATE TABLE traffic (minute INTEGER PRIMARY KEY,
-  queries INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
-  forwarded INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0,
-  failed INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
-  recorder_lag INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
-"""
+from resolver.store import Store, m001_initial, migrate, purge_hits
 
 PARIS = "Europe/Paris"
 GROUPS = {"ai-lab": ["10.1.9.0/24"], "finance": ["10.2.0.0/16"]}
@@ -91,10 +81,18 @@ Hit = tuple[int, str | None, str | None, str, str, str | None, str, int]
 
 
 def make_db(path: Path) -> Path:
-    """An empty database with the schema store.py creates."""
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA_SQL)
-    conn.close()
+    """An empty database with the schema store.py creates, rollup trigger included."""
+    Store(path).close()
+    return path
+
+
+def make_old_db(path: Path) -> Path:
+    """An empty database as sinkhole created it before the rollup (schema 1)."""
+    first = Migrations("sinkhole")
+    first()(m001_initial)
+    db = sqlite_utils.Database(path)
+    migrate(db, first)
+    db.close()
     return path
 
 
@@ -389,6 +387,51 @@ def test_every_figure_matches_an_independent_count(tmp_path: Path, tz: str, week
     rows = report["breakdown"]
     assert sum(r["blocked"] for r in rows) == sum(h[7] for h in hits if t0 <= h[0] < t1)
     assert report["gaps"] == []
+
+
+@pytest.mark.parametrize(
+    ("tz", "week"),
+    [(PARIS, "2026-W13"), ("Asia/Kathmandu", "2026-W12"), ("Africa/Monrovia", "1970-W10")],
+)
+def test_rollup_and_hits_give_the_same_report(tmp_path: Path, tz: str, week: str) -> None:
+    # The same hits in a database from before the rollup, read from the hits alone, then
+    # migrated (the backfill) and read from the rollup, and in a database whose trigger
+    # filled the rollup as the hits came in.
+    start, end = rpt.week_bounds(week, tz)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    old, new = make_old_db(tmp_path / "old.db"), make_db(tmp_path / "new.db")
+    hits = generate_hits(old, 3000, t0 - 8 * 86400, t1 + 86400, seed=t0)
+    insert_hits(new, hits)
+    with sqlite3.connect(old) as conn:
+        traffic = conn.execute("SELECT minute, queries, recorder_lag FROM traffic").fetchall()
+    insert_traffic(new, traffic)
+    since, until = start + timedelta(seconds=7), end - timedelta(seconds=301)
+    before = [build(old, a, b, tz=tz) for a, b in ((start, end), (since, until))]
+    Store(old).close()
+    rolled = sqlite3.connect(old).execute("SELECT SUM(blocked) FROM hits_5min").fetchone()
+    assert rolled == (sum(h[7] for h in hits),)
+    for db in (old, new):
+        assert [build(db, a, b, tz=tz) for a, b in ((start, end), (since, until))] == before
+
+
+def test_purge_keeps_the_rollup_equal_to_the_hits_it_keeps(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    generate_hits(db, 3000, t0, t1, seed=11)
+    conn = sqlite3.connect(db, isolation_level=None)
+    cutoff = t0 + 3 * 86400 + 123  # inside a bucket: the whole bucket stays
+    purge_hits(conn, cutoff)
+    assert conn.execute("SELECT MIN(ts) FROM hits").fetchone()[0] >= cutoff - cutoff % 300
+    by_hits = conn.execute(
+        "SELECT ts / 300, SUM(count), MIN(ts), MAX(ts) FROM hits GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    by_rollup = conn.execute(
+        "SELECT bucket, SUM(blocked), MIN(first_ts), MAX(last_ts) FROM hits_5min"
+        " GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    conn.close()
+    assert by_hits == by_rollup and by_hits
 
 
 def test_dst_days_have_23_and_25_hours_of_traffic(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from resolver.store import (
     Recorder,
     Store,
     m001_initial,
+    m002_hits_5min,
     migrate,
     schema_version,
 )
@@ -112,15 +113,19 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert rows(path, "SELECT name FROM _sqlite_migrations") == [("m001_initial",)]
+    assert rows(path, "SELECT name FROM _sqlite_migrations") == [
+        ("m001_initial",),
+        ("m002_hits_5min",),
+    ]
 
 
 def _two_step() -> Migrations:
     steps = Migrations("sinkhole")
     steps()(m001_initial)
+    steps()(m002_hits_5min)
 
     @steps()
-    def m002_hits_note(db: sqlite_utils.Database) -> None:
+    def m003_hits_note(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE hits ADD COLUMN note TEXT")
 
     return steps
@@ -131,26 +136,27 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _two_step()) == 2
-        assert schema_version(db_) == 2
+        assert migrate(db_, _two_step()) == 3
+        assert schema_version(db_) == 3
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _two_step()) == 2
+        assert migrate(db_, _two_step()) == 3
     finally:
         db_.close()
-    # This code knows one migration: a newer database is refused, not rewritten.
+    # This code knows two migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("2",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("3",)]
 
 
 def test_failed_migration_changes_nothing(db):
     steps = Migrations("sinkhole")
     steps()(m001_initial)
+    steps()(m002_hits_5min)
 
     @steps()
-    def m002_broken(db: sqlite_utils.Database) -> None:
+    def m003_broken(db: sqlite_utils.Database) -> None:
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("bug in a migration")
 
@@ -159,8 +165,8 @@ def test_failed_migration_changes_nothing(db):
         with pytest.raises(RuntimeError):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 1
-        assert [m.name for m in steps.pending(db_)] == ["m002_broken"]
+        assert schema_version(db_) == 2
+        assert [m.name for m in steps.pending(db_)] == ["m003_broken"]
     finally:
         db_.close()
 

@@ -1,0 +1,167 @@
+"""Benchmark of the weekly report over a week of 1,000,000 recorded hits (issue 5)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from resolver import report as rpt  # noqa: E402
+from resolver import store  # noqa: E402
+
+HITS = 1_000_000
+RUNS = 3
+TZ = "Europe/Paris"
+WEEK = "2026-W12"
+SEED = 5
+#: An office of 300 machines in 5 groups, some outside every group.
+CLIENTS = [
+    (f"10.{g}.{i // 250}.{i % 250 + 1}", f"group-{g}" if g else None)
+    for g in range(6)
+    for i in range(50)
+]
+#: (service, category, names looked up): chatbots, a custom rule, an imported list, bypass.
+SERVICES = [
+    *(
+        (
+            f"chatbot-{i}",
+            "ai-chatbots",
+            [f"chatbot{i}.example", f"api.chatbot{i}.example", f"cdn.chatbot{i}.example"],
+        )
+        for i in range(32)
+    ),
+    (None, "custom", ["chat.example.net"]),
+    (None, "list:extra", [f"bot{i}.example.org" for i in range(20)]),
+    *((f"bypass-{i}", "bypass", [f"doh{i}.example"]) for i in range(16)),
+]
+QTYPES = ("A", "AAAA", "HTTPS")
+
+
+def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
+    """n hits in [t0, t1) as browser bursts, written like the recorder writes them, and a
+    traffic row for every minute."""
+    with store.Store(path):  # the schema, by the migrations the server runs
+        pass
+    rng = random.Random(seed)
+    rows: list[tuple] = []
+    while len(rows) < n:
+        client, group = rng.choice(CLIENTS)
+        service, category, names = rng.choice(SERVICES)
+        qname = rng.choice(names)
+        t = rng.randrange(t0, t1)
+        # A, AAAA and HTTPS at once, then retries, some within the 5-minute gap, some beyond.
+        for _ in range(min(rng.randint(1, 6), n - len(rows))):
+            ts = min(t, t1 - 1)
+            rows.append(
+                (
+                    ts,
+                    client,
+                    group,
+                    qname,
+                    rng.choice(QTYPES),
+                    service,
+                    category,
+                    qname,
+                    "null",
+                    rng.choice((1, 1, 1, 2)),
+                )
+            )
+            t += rng.choice((0, 1, 30, 200, 290, 301, 400))
+    # The recorder writes in timestamp order, batch after batch.
+    rows.sort(key=lambda r: r[0])
+    conn = store.connect(path)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
+        "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "INSERT INTO traffic (minute, queries, blocked) VALUES (?, ?, ?)",
+        ((m, 2000, 0) for m in range(t0 - t0 % 60, t1, 60)),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def time_report(path: Path, start: datetime, end: datetime) -> tuple[float, float, dict]:
+    """Wall and CPU seconds of one build_report call, and the report."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    report = rpt.build_report(
+        path,
+        start=start,
+        end=end,
+        tz=TZ,
+        privacy="ip",
+        retention_days=3650,
+        groups={f"group-{g}": [f"10.{g}.0.0/16"] for g in range(1, 6)},
+        service_names={},
+    )
+    return time.perf_counter() - w0, time.process_time() - c0, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hits", type=int, default=HITS)
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--db", type=Path, help="reuse (or create) this database file")
+    parser.add_argument("--output", type=Path, help="also write the snippet to this file")
+    args = parser.parse_args()
+
+    start, end = rpt.week_bounds(WEEK, TZ)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.db or Path(tmp) / "bench.db"
+        gen = None
+        if not path.exists():
+            g0 = time.perf_counter()
+            generate(path, args.hits, t0, t1)
+            gen = time.perf_counter() - g0
+        walls, cpus = [], []
+        for _ in range(args.runs):
+            wall, cpu, report = time_report(path, start, end)
+            walls.append(wall)
+            cpus.append(cpu)
+        size = path.stat().st_size
+    load = os.getloadavg()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    totals = report["totals"]
+    lines = [
+        f"### Weekly report over {args.hits:,} hits",
+        "",
+        f"`python bench/report_bench.py` on {datetime.now(ZoneInfo('UTC')):%Y-%m-%d}: one week "
+        f"({WEEK}, {TZ}) of {args.hits:,} hit rows from 300 clients and 50 services, "
+        f"database {size / 1e6:.0f} MB; {os.cpu_count()} cores, load average "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; SQLite "
+        f"{rpt.sqlite3.sqlite_version}, Python {sys.version.split()[0]}.",
+        "",
+        "| build_report | wall s | CPU s |",
+        "| --- | ---: | ---: |",
+        f"| median of {args.runs} | {statistics.median(walls):.3f} | "
+        f"{statistics.median(cpus):.3f} |",
+        f"| runs | {', '.join(f'{w:.3f}' for w in walls)} | "
+        f"{', '.join(f'{c:.3f}' for c in cpus)} |",
+        "",
+        f"Report: {totals['blocked']:,} blocked queries, {totals['attempts']:,} attempts, "
+        f"{totals['clients']} clients; peak RSS {rss} MB"
+        + (f"; generating the database took {gen:.1f} s." if gen is not None else "."),
+        "",
+    ]
+    snippet = "\n".join(lines)
+    print(snippet)
+    if args.output:
+        args.output.write_text(snippet)
+
+
+if __name__ == "__main__":
+    main()
