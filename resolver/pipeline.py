@@ -27,6 +27,10 @@ MAX_INFLIGHT = 4096
 MAX_WAITING = 20_000
 ACL_MEMO_SIZE = 65_536
 RATE_LIMIT_TABLE_SIZE = 100_000
+#: Error answers (FORMERR, NOTIMP) per client and second; past it malformed packets
+#: are dropped. Well-formed queries never draw on this budget.
+ERROR_ANSWERS_PER_SECOND = 50.0
+ERROR_ANSWER_BURST = 100.0
 
 
 class Outcome(IntEnum):
@@ -158,11 +162,17 @@ class Blocker:
 
     def __call__(self, req: Request) -> bytes | None:
         r = self.resolver
-        q = req.query
-        match = r.policy.decide(q.name, req.client)
-        if match is None:
+        v = r.policy.verdict(req.query, req.client)
+        if v is None:
             return None
-        return r.blocked(req, match)
+        q = req.query
+        rule = v.rule
+        req.outcome = Outcome.BLOCKED
+        key = rule.service or rule.category
+        r.blocked_by[key] = r.blocked_by.get(key, 0) + 1
+        if r.recorder is not None:
+            r.recorder.hit(req.client, q.name, q.qtype, rule, v.pattern, v.action)
+        return q.wire[:2] + v.answer_tail
 
 
 class CacheStep:
@@ -204,6 +214,7 @@ class Resolver:
         self.counts = [0] * len(Outcome)
         #: blocked queries per service id (or category for lists and custom rules)
         self.blocked_by: dict[str, int] = {}
+        self.error_budget: dict[str, list[float]] = {}
         self.inflight: dict[bytes, asyncio.Task] = {}
         #: bound of `inflight`; the server lowers it when file descriptors are scarce
         self.max_inflight = MAX_INFLIGHT
@@ -260,7 +271,7 @@ class Resolver:
         try:
             q = wire.parse_query(data)
         except WireError as exc:
-            return self._refuse_malformed(data, exc)
+            return self._refuse_malformed(data, exc, client)
         except Exception:  # noqa: BLE001 - no packet may stop the server
             log.exception("unexpected error parsing a query")
             self.counts[Outcome.FORMERR] += 1
@@ -275,12 +286,29 @@ class Resolver:
             return self._fail(req)
         return self.forward(req)
 
-    def _refuse_malformed(self, data: bytes, exc: WireError) -> bytes | None:
-        if exc.rcode is None:
+    def _refuse_malformed(self, data: bytes, exc: WireError, client: str) -> bytes | None:
+        if exc.rcode is None or not self._may_answer_error(client):
             self.counts[Outcome.DROPPED] += 1
             return None
         self.counts[Outcome.NOTIMP if exc.rcode == Rcode.NOTIMP else Outcome.FORMERR] += 1
         return wire.error_response(data, exc.rcode)
+
+    def _may_answer_error(self, client: str) -> bool:
+        """Token bucket for FORMERR/NOTIMP answers: a flood of garbage costs a dict
+        lookup per packet instead of a send, so real queries keep their share."""
+        now = time.monotonic()
+        bucket = self.error_budget.get(client)
+        if bucket is None:
+            if len(self.error_budget) >= RATE_LIMIT_TABLE_SIZE:
+                self.error_budget.clear()
+            bucket = self.error_budget[client] = [ERROR_ANSWER_BURST, now]
+        tokens = min(ERROR_ANSWER_BURST, bucket[0] + (now - bucket[1]) * ERROR_ANSWERS_PER_SECOND)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
 
     def blocked(self, req: Request, match) -> bytes:
         rule, pattern = match
@@ -289,11 +317,11 @@ class Resolver:
         req.outcome = Outcome.BLOCKED
         key = rule.service or rule.category
         self.blocked_by[key] = self.blocked_by.get(key, 0) + 1
+        responder = policy.responder(rule)
         if self.recorder is not None:
-            self.recorder.hit(
-                req.client, q.name, wire.qtype_name(q.qtype), rule, pattern, policy.action_of(rule)
-            )
-        return policy.answer(q, rule)
+            # The type stays a number here; the writer thread names it.
+            self.recorder.hit(req.client, q.name, q.qtype, rule, pattern, responder.action)
+        return responder.answer(q)
 
     async def fetch(self, q: Query) -> tuple[bytes, Any] | None:
         """Ask upstream once for everyone waiting on this question; fill the cache."""

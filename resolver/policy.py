@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from resolver import wire
 from resolver.config import Config, SinkholeConfig
@@ -14,7 +15,9 @@ from resolver.wire import HEADER, QType, Query, Rcode
 CLIENT_MEMO_SIZE = 65_536
 
 
-@dataclass(frozen=True, slots=True)
+# eq=False: rules are compared and hashed by identity (one object per service or
+# list), which keeps them cheap as dict keys on the hot path.
+@dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """Where a block came from: one object per service or list, shared by its patterns."""
 
@@ -175,6 +178,21 @@ class Matcher:
         return d
 
 
+class Verdict(NamedTuple):
+    """A blocked query's answer (bytes after the ID) and what to record about it."""
+
+    answer_tail: bytes
+    rule: Rule
+    pattern: str
+    action: str
+
+
+NOT_BLOCKED = object()
+NO_EXEMPT: frozenset[str] = frozenset()
+#: Verdicts remembered per exemption set; cleared whole when full.
+VERDICT_MEMO_SIZE = 50_000
+
+
 class Responder:
     """Precomputed answer parts for one (action, text) pair; building is concatenation."""
 
@@ -244,6 +262,8 @@ class Policy:
         self.version = version
         self.sink = config.sinkhole
         self._responders: dict[tuple[str, str], Responder] = {}
+        self._by_rule: dict[Rule, Responder] = {}
+        self._verdicts: dict[frozenset[str], dict[bytes, Verdict | object]] = {}
         self._groups = [
             (
                 g.name,
@@ -279,6 +299,31 @@ class Policy:
             return self.matcher.lookup(name, self.client_info(client)[1])
         return self.matcher.lookup(name)
 
+    def verdict(self, q: Query, client: str) -> Verdict | None:
+        """The answer to a query under this policy, memoised by its bytes after the ID.
+
+        None: not blocked. The memo lives and dies with this Policy, so a reload
+        can never serve an answer decided under the old rules.
+        """
+        exempt = self.client_info(client)[1] if self._groups else NO_EXEMPT
+        memo = self._verdicts.get(exempt)
+        if memo is None:
+            memo = self._verdicts[exempt] = {}
+        tail = q.wire[2:]
+        known = memo.get(tail)
+        if known is None:
+            match = self.matcher.lookup(q.name, exempt)
+            if match is None:
+                known = NOT_BLOCKED
+            else:
+                rule, pattern = match
+                responder = self.responder(rule)
+                known = Verdict(responder.answer(q)[2:], rule, pattern, responder.action)
+            if len(memo) >= VERDICT_MEMO_SIZE:
+                memo.clear()
+            memo[tail] = known
+        return None if known is NOT_BLOCKED else known
+
     def explain(self, name: str, client: str | None = None) -> Decision:
         group, exempt = self.client_info(client) if client else (None, frozenset())
         d = self.matcher.explain(name, exempt)
@@ -289,12 +334,15 @@ class Policy:
         return rule.action or self.sink.mode
 
     def responder(self, rule: Rule) -> Responder:
-        key = (rule.action or self.sink.mode, rule.label)
-        r = self._responders.get(key)
+        r = self._by_rule.get(rule)
         if r is None:
-            r = self._responders[key] = Responder(
-                key[0], self.sink, f"blocked by policy: {rule.label}", self.version
-            )
+            key = (rule.action or self.sink.mode, rule.label)
+            r = self._responders.get(key)
+            if r is None:
+                r = self._responders[key] = Responder(
+                    key[0], self.sink, f"blocked by policy: {rule.label}", self.version
+                )
+            self._by_rule[rule] = r
         return r
 
     def answer(self, q: Query, rule: Rule) -> bytes:

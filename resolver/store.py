@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import getpass
@@ -22,13 +23,17 @@ from sqlite_utils.migrations import Migrations
 
 from resolver.errors import StoreError
 from resolver.policy import ImportedList, PolicyState
+from resolver.wire import qtype_name
 
 log = logging.getLogger("sinkhole.store")
 
 BUSY_TIMEOUT = 5.0
 #: The recorder writes at least this often (seconds), or sooner when this many hits wait.
 FLUSH_INTERVAL = 1.0
-HIT_BATCH_ROWS = 500
+#: A hit written later than this after it happened counts as `recorder_lag`.
+RECORDER_LATE_SECONDS = 60
+#: How often the event loop hands its counted hits to the writer thread (seconds).
+HANDOFF_INTERVAL = 0.5
 #: Distinct hits held while the database is unavailable; past it, new hits are
 #: coalesced per minute instead of per second, so totals stay exact.
 HIT_BUFFER_ROWS = 100_000
@@ -611,8 +616,11 @@ Q_QUERIES, Q_BLOCKED, Q_FORWARDED, Q_CACHED, Q_FAILED, Q_REFUSED = range(6)
 class Recorder:
     """Writes hits and per-minute traffic off the hot path; never loses a hit.
 
-    The query path appends to a deque (thread-safe, no lock, no SQL); a thread
-    writes batches. While the database is locked, read-only or full, hits wait
+    The query path counts the hit in a dict owned by the event loop thread (no
+    lock, no SQL); every HANDOFF_INTERVAL the loop hands that dict to a thread
+    through a deque and starts a new one, and the thread writes batches. Under a
+    flood of identical lookups the thread sees one entry per second, not one
+    per query. While the database is locked, read-only or full, hits wait
     in `buffer`, coalesced by (second, client, name, type, rule): the sum of
     `count` stays exact. Past `buffer_rows` distinct rows they are coalesced per
     minute instead. Clients are pseudonymized when written, so a hit buffered
@@ -636,7 +644,14 @@ class Recorder:
         self.group_of = group_of
         self.flush_interval = flush_interval
         self.buffer_rows = buffer_rows
+        #: Hits of the current interval, mutated only by the thread that calls hit().
+        self.pending: dict[tuple, int] = {}
+        #: Dicts handed over by that thread, waiting for the writer thread.
         self.queue: collections.deque = collections.deque()
+        #: Hits received so far (by hit()); with `written` it gives the backlog.
+        self.received = 0
+        self._owner_hands_off = False
+        self._handoff_timer: asyncio.TimerHandle | None = None
         self.buffer: dict[tuple, int] = {}
         #: Sum of the buffer's counts, kept so other threads never iterate the dict.
         self.buffered = 0
@@ -661,15 +676,42 @@ class Recorder:
         self.traffic: Callable[[], list[int]] | None = None
 
     # Hot path: called by the event loop per blocked query.
-    def hit(self, client: str, qname: str, qtype: str, rule, pattern: str, action: str) -> None:
-        self.queue.append((int(time.time()), client, qname, qtype, rule, pattern, action))
-        if len(self.queue) >= HIT_BATCH_ROWS:
-            self._wakeup.set()
+    def hit(
+        self, client: str, qname: str, qtype: int | str, rule, pattern: str, action: str
+    ) -> None:
+        key = (int(time.time()), client, qname, qtype, rule, pattern, action)
+        pending = self.pending
+        pending[key] = pending.get(key, 0) + 1
+        self.received += 1
+
+    def handoff(self) -> None:
+        """Give this interval's hits to the writer; call from the thread that calls hit()."""
+        if self.pending:
+            self.queue.append(self.pending)
+            self.pending = {}
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand hits over from `loop` every HANDOFF_INTERVAL (the server's event loop)."""
+        self._owner_hands_off = True
+
+        def tick() -> None:
+            self.handoff()
+            self._handoff_timer = loop.call_later(HANDOFF_INTERVAL, tick)
+
+        self._handoff_timer = loop.call_later(HANDOFF_INTERVAL, tick)
+
+    def detach(self) -> None:
+        """Last handoff and no more timer; call from the loop before stop()."""
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        self.handoff()
+        self._owner_hands_off = False
 
     @property
     def backlog(self) -> int:
         """Hits received and not yet written."""
-        return len(self.queue) + self.buffered
+        return self.received - self.written
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sinkhole-recorder", daemon=True)
@@ -707,15 +749,19 @@ class Recorder:
             return False
 
     def _drain(self) -> None:
+        if not self._owner_hands_off:
+            self.handoff()  # no event loop: hit() and flush() share this thread
         q = self.queue
         buf = self.buffer
         while q:
-            ts, client, qname, qtype, rule, pattern, action = q.popleft()
-            if len(buf) >= self.buffer_rows:
-                ts -= ts % 60
-            key = (ts, client, qname, qtype, rule.service, rule.category, pattern, action)
-            buf[key] = buf.get(key, 0) + 1
-            self.buffered += 1
+            for (ts, client, qname, qtype, rule, pattern, action), n in q.popleft().items():
+                if len(buf) >= self.buffer_rows:
+                    ts -= ts % 60
+                if type(qtype) is int:
+                    qtype = qtype_name(qtype)
+                key = (ts, client, qname, qtype, rule.service, rule.category, pattern, action)
+                buf[key] = buf.get(key, 0) + n
+                self.buffered += n
 
     def _traffic_delta(self) -> None:
         now = list(self.traffic()) if self.traffic is not None else self.counters[:]
@@ -755,7 +801,7 @@ class Recorder:
         if purge_due:
             self._purge(conn)
         conn.close()
-        return not self.queue
+        return not self.queue and not self.buffer
 
     def _open(self) -> sqlite3.Connection:
         # The file is open only while a batch is written: an administrator can remount,
@@ -788,7 +834,9 @@ class Recorder:
         return self._pseudo
 
     def _write(self, conn: sqlite3.Connection) -> None:
-        lag = len(self.queue)
+        # Hits written more than a minute late: the recorder was behind (a fault).
+        late = int(time.time()) - RECORDER_LATE_SECONDS
+        lag = sum(n for key, n in self.buffer.items() if key[0] < late)
         conn.execute("BEGIN IMMEDIATE")
         if self.buffer:
             pseudo = self._pseudonymizer(conn)

@@ -127,14 +127,47 @@ class Query:
         return max(self.udp_size, CLASSIC_UDP_LIMIT) if self.edns else CLASSIC_UDP_LIMIT
 
 
+#: Parsed queries by their bytes after the ID: offices ask the same questions all day.
+_PARSED: dict[bytes, tuple] = {}
+PARSE_MEMO_SIZE = 20_000
+_FIELDS = (
+    "flags", "name", "qtype", "qclass", "qname_end", "question_end",
+    "edns", "udp_size", "do", "edns_version", "opt", "key",
+)  # fmt: skip
+
+
 def parse_query(wire: bytes) -> Query:
     """Parse a client's query; raise WireError with the rcode to answer (or None: drop).
+
+    The result for the same bytes (ID aside) is memoised: everything but the ID is
+    a function of them, and the label walk is the costliest part of a local answer.
 
     Raises:
         WireError: QR set or no header (drop), opcode not QUERY (NOTIMP),
             QDCOUNT != 1 or a malformed question or OPT (FORMERR), EDNS
             version > 0 (BADVERS).
     """
+    fields = _PARSED.get(wire[2:])
+    if fields is not None:
+        q = _new_query(Query)
+        q.wire = wire
+        q.id = wire[0] << 8 | wire[1]
+        (
+            q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
+            q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+        ) = fields  # fmt: skip
+        return q
+    q = _parse_query(wire)
+    if len(_PARSED) >= PARSE_MEMO_SIZE:
+        _PARSED.clear()
+    _PARSED[wire[2:]] = tuple(getattr(q, f) for f in _FIELDS)
+    return q
+
+
+_new_query = object.__new__
+
+
+def _parse_query(wire: bytes) -> Query:
     if len(wire) < 12:
         raise WireError("shorter than a header", None)
     ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
