@@ -215,7 +215,7 @@ class Resolver:
         #: blocked queries per service id (or category for lists and custom rules)
         self.blocked_by: dict[str, int] = {}
         self.error_budget: dict[str, list[float]] = {}
-        self.inflight: dict[bytes, asyncio.Task] = {}
+        self.inflight: dict[bytes, asyncio.Future] = {}
         #: bound of `inflight`; the server lowers it when file descriptors are scarce
         self.max_inflight = MAX_INFLIGHT
         self.waiting = 0
@@ -261,7 +261,7 @@ class Resolver:
         ]
 
     def spawn(self, coro: Coroutine) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
@@ -337,17 +337,25 @@ class Resolver:
 
     async def forward(self, req: Request) -> bytes | None:
         q = req.query
-        task = self.inflight.get(q.key)
-        if task is None:
-            if len(self.inflight) >= self.max_inflight:
-                return self._fail(req)
-            task = asyncio.ensure_future(self.fetch(q))
-            self.inflight[q.key] = task
-            task.add_done_callback(lambda _t, k=q.key: self.inflight.pop(k, None))
+        shared = self.inflight.get(q.key)
         self.waiting += 1
         try:
-            # Identical questions share one upstream exchange (retries are not multiplied).
-            result = await asyncio.shield(task)
+            if shared is None:
+                if len(self.inflight) >= self.max_inflight:
+                    return self._fail(req)
+                # The first asker fetches in its own task; later identical questions
+                # wait on this future (retries are not multiplied upstream).
+                shared = self.inflight[q.key] = asyncio.get_running_loop().create_future()
+                result = None
+                try:
+                    result = await self.fetch(q)
+                finally:
+                    del self.inflight[q.key]
+                    # Also when this task is cancelled: the others get SERVFAIL, not a hang.
+                    if not shared.done():
+                        shared.set_result(result)
+            else:
+                result = await asyncio.shield(shared)
         finally:
             self.waiting -= 1
         if result is None:

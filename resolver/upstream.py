@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
-import secrets
+import os
+import select
 import socket
 import struct
 import time
+import weakref
 
 from resolver import wire
 from resolver.wire import Answer, Query, Rcode, WireError
@@ -23,6 +26,8 @@ DOWN_AFTER_FAILURES = 3
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 MAX_UDP_ANSWER = 65_535
+#: Ready upstream sockets handled per wake-up of the poller.
+POLL_BATCH = 256
 #: Upper bounds (seconds) of the upstream latency histogram exported on /metrics.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: Errors of our own machine (out of descriptors or buffers), not of the upstream.
@@ -77,37 +82,93 @@ class Upstream:
             self.backoff = min(self.backoff * 2, BACKOFF_MAX)
 
 
+_UDP_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+#: Query IDs are drawn from the OS's random source in blocks, not one syscall each.
+_ID_BLOCK = 2048
+
+
+class _Ids:
+    """Unpredictable 16-bit query IDs (RFC 5452 4.3), from os.urandom in blocks."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+
+    def next(self) -> int:
+        if not self._ids:
+            raw = os.urandom(2 * _ID_BLOCK)
+            self._ids = [raw[i] << 8 | raw[i + 1] for i in range(0, len(raw), 2)]
+        return self._ids.pop()
+
+
+new_id = _Ids().next
+
+
+class _Poller:
+    """One epoll set for every upstream socket, watched by the event loop as one fd.
+
+    A fresh socket per query means registering each with the event loop and
+    removing it again; uvloop makes that a handle allocation each way. Our own
+    epoll set costs one epoll_ctl per socket, and closing a socket drops it
+    from the set by itself.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.epoll = select.epoll()
+        self.attempts: dict[int, _Attempt] = {}
+        loop.add_reader(self.epoll.fileno(), self.dispatch)
+
+    def dispatch(self) -> None:
+        get = self.attempts.get
+        for fd, _events in self.epoll.poll(0, POLL_BATCH):
+            attempt = get(fd)
+            if attempt is not None:
+                attempt.on_reply(attempt)
+
+
+_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def poller_for(loop: asyncio.AbstractEventLoop) -> _Poller:
+    p = _pollers.get(loop)
+    if p is None:
+        p = _pollers[loop] = _Poller(loop)
+    return p
+
+
 class _Attempt:
     """One UDP query on its own connected socket: a fresh source port the kernel picks."""
 
-    __slots__ = ("sock", "upstream", "ident", "sent", "loop", "done")
+    __slots__ = ("sock", "fd", "upstream", "ident", "sent", "poller", "done", "on_reply")
 
-    def __init__(self, loop, upstream: Upstream, packet: bytes, on_reply, ident: int) -> None:
-        self.loop = loop
+    def __init__(self, poller: _Poller, upstream: Upstream, packet: bytes, on_reply, ident: int):
+        self.poller = poller
         self.upstream = upstream
         self.ident = ident
+        self.on_reply = on_reply
         self.done = False
-        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        # The C-level socket, created non-blocking: one syscall, no Python wrapper.
+        sock = _socket.socket(upstream.family, _UDP_NONBLOCK)
         try:
-            sock.setblocking(False)
             # connect() picks a random ephemeral port and makes the kernel drop
             # datagrams from any other address or port (RFC 5452 9.1).
             sock.connect((upstream.host, upstream.port))
             sock.send(packet)
+            fd = sock.fileno()
+            poller.epoll.register(fd, select.EPOLLIN)
         except OSError:
             sock.close()
             raise
         self.sock = sock
+        self.fd = fd
         self.sent = time.monotonic()
-        loop.add_reader(sock.fileno(), on_reply, self)
+        poller.attempts[fd] = self
 
     def close(self) -> None:
         if not self.done:
             self.done = True
-            try:
-                self.loop.remove_reader(self.sock.fileno())
-            finally:
-                self.sock.close()
+            if self.poller.attempts.get(self.fd) is self:
+                del self.poller.attempts[self.fd]
+            self.sock.close()  # also leaves the epoll set
 
 
 class _Exchange:
@@ -133,10 +194,12 @@ class _Exchange:
             self.wake.set_result(None)
 
     def send(self, upstream: Upstream) -> None:
-        ident = secrets.randbits(16)
+        ident = new_id()
         packet = wire.upstream_query(self.query, ident)
         try:
-            self.attempts.append(_Attempt(self.loop, upstream, packet, self.on_reply, ident))
+            self.attempts.append(
+                _Attempt(poller_for(self.loop), upstream, packet, self.on_reply, ident)
+            )
         except OSError as exc:
             log.debug("cannot send to %s: %s", upstream, exc)
             if exc.errno not in LOCAL_ERRNOS:
@@ -190,6 +253,8 @@ class Forwarder:
 
     def ordered(self) -> list[Upstream]:
         """Healthy upstreams in configured order, then the ones in backoff."""
+        if len(self.upstreams) == 1:
+            return self.upstreams
         now = time.monotonic()
         up = [u for u in self.upstreams if u.down_until <= now]
         return up + [u for u in self.upstreams if u.down_until > now]
@@ -213,9 +278,14 @@ class Forwarder:
                     break
                 # Each upstream is asked at most twice, in order; the retry timer or a
                 # failure (closed port, SERVFAIL) sends the next attempt.
-                candidates = [u for u in order if u not in ex.excluded and sends[u] < 2]
+                if turn == 0:
+                    candidates = order  # the common case: the first healthy upstream
+                    upstream = order[0]
+                else:
+                    candidates = [u for u in order if u not in ex.excluded and sends[u] < 2]
+                    if candidates:
+                        upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
                 if candidates:
-                    upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
                     sends[upstream] += 1
                     turn += 1
                     ex.send(upstream)
@@ -224,23 +294,28 @@ class Forwarder:
                     break
                 else:
                     wait = remaining
-                ex.wake = loop.create_future()
+                # A timer that wakes the same future as an answer or a failure does:
+                # cheaper than wait_for, which wraps the wait in more futures.
+                ex.wake = wake = loop.create_future()
+                timer = loop.call_later(min(wait, remaining), ex._wake)
                 try:
-                    await asyncio.wait_for(ex.wake, min(wait, remaining))
-                except TimeoutError:
-                    pass
+                    await wake
+                finally:
+                    timer.cancel()
         finally:
             live = [a.upstream for a in ex.attempts if not a.done]
             ex.close()
         if ex.result is not None:
             data, answer, upstream = ex.result
-            winner = next(a for a in ex.attempts if a.upstream is upstream)
-            # An upstream whose attempt went out before the winner's and is still silent
-            # let its retry timer run out: count it, or a blackholed first upstream would
-            # cost every query the retry delay forever instead of being put last.
-            for slow in {a.upstream for a in ex.attempts if a.sent < winner.sent} - {upstream}:
-                if slow in live:
-                    slow.failed()
+            if len(ex.attempts) > 1:
+                winner = next(a for a in ex.attempts if a.upstream is upstream)
+                # An upstream whose attempt went out before the winner's and is still
+                # silent let its retry timer run out: count it, or a blackholed first
+                # upstream would cost every query the retry delay forever.
+                early = {a.upstream for a in ex.attempts if a.sent < winner.sent}
+                for slow in early - {upstream}:
+                    if slow in live:
+                        slow.failed()
             if answer.tc:
                 tcp = await self._tcp(query, upstream, deadline)
                 if tcp is not None:
@@ -265,7 +340,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(remaining):
                 reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-                ident = secrets.randbits(16)
+                ident = new_id()
                 packet = wire.upstream_query(query, ident)
                 writer.write(struct.pack("!H", len(packet)) + packet)
                 await writer.drain()

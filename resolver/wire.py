@@ -130,10 +130,6 @@ class Query:
 #: Parsed queries by their bytes after the ID: offices ask the same questions all day.
 _PARSED: dict[bytes, tuple] = {}
 PARSE_MEMO_SIZE = 20_000
-_FIELDS = (
-    "flags", "name", "qtype", "qclass", "qname_end", "question_end",
-    "edns", "udp_size", "do", "edns_version", "opt", "key",
-)  # fmt: skip
 
 
 def parse_query(wire: bytes) -> Query:
@@ -160,7 +156,10 @@ def parse_query(wire: bytes) -> Query:
     q = _parse_query(wire)
     if len(_PARSED) >= PARSE_MEMO_SIZE:
         _PARSED.clear()
-    _PARSED[wire[2:]] = tuple(getattr(q, f) for f in _FIELDS)
+    _PARSED[wire[2:]] = (
+        q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
+        q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+    )  # fmt: skip
     return q
 
 
@@ -378,9 +377,12 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
                 if section == 0 and rtype == QType.CNAME:
                     a.cnames.append(read_name(wire, rdata)[0])
                 elif section == 0 and rtype != QType.RRSIG:
-                    owner = read_name(wire, name_start)[0]
-                    if owner != query.name and owner not in a.cnames:
-                        a.cnames.append(owner)
+                    # Most owners are a pointer to the question (0xC00C): the name asked,
+                    # nothing to decode or check.
+                    if wire[name_start] != 0xC0 or wire[name_start + 1] != 12:
+                        owner = read_name(wire, name_start)[0]
+                        if owner != query.name and owner not in a.cnames:
+                            a.cnames.append(owner)
                 elif section == 1 and rtype == QType.SOA:
                     mname_end = skip_name(wire, rdata)
                     rname_end = skip_name(wire, mname_end)
