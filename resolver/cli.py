@@ -121,24 +121,17 @@ def serve(config_path: str | None, db: str | None, listen: tuple, upstream: tupl
 
     config = get_config(config_path, db)
     overrides: dict[str, Any] = {"database": db}
-    if listen:
-        for entry in listen:
+    for key, entries, option in (
+        ("listen", listen, "--listen"),
+        ("upstreams", upstream, "--upstream"),
+    ):
+        for entry in entries:
             try:
-                parse_hostport(entry, 53, "--listen")
+                parse_hostport(entry, 53, option)
             except ConfigError as exc:
-                raise click.BadParameter(
-                    str(exc).split(": ", 1)[1], param_hint="--listen"
-                ) from None
-        overrides["listen"] = tuple(listen)
-    if upstream:
-        for entry in upstream:
-            try:
-                parse_hostport(entry, 53, "--upstream")
-            except ConfigError as exc:
-                raise click.BadParameter(
-                    str(exc).split(": ", 1)[1], param_hint="--upstream"
-                ) from None
-        overrides["upstreams"] = tuple(upstream)
+                raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint=option) from None
+        if entries:
+            overrides[key] = tuple(entries)
     config = config.with_overrides(**overrides)
     config.upstream_addresses()  # no upstream at all: one clear line now, not at first query
     sys.exit(run_server(config, {k: v for k, v in overrides.items() if v is not None}))

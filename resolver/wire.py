@@ -181,25 +181,8 @@ def _parse_query(wire: bytes) -> Query:
     q.wire = wire
     q.id = ident
     q.flags = flags
-    pos = 12
+    labels, pos = _question_name(wire)
     end = len(wire)
-    labels = []
-    length = 0
-    while True:
-        if pos >= end:
-            raise WireError("question truncated")
-        n = wire[pos]
-        if n == 0:
-            pos += 1
-            break
-        if n > 63:
-            # A pointer has nothing before the question to point to; 0x40/0x80 are reserved.
-            raise WireError("label type or pointer in question")
-        length += n + 1
-        if length > MAX_NAME_LENGTH - 1:
-            raise WireError("name longer than 255 bytes")
-        labels.append(wire[pos + 1 : pos + 1 + n])
-        pos += n + 1
     if pos + 4 > end:
         raise WireError("question truncated")
     q.qname_end = pos
@@ -454,25 +437,32 @@ def error_response(wire: bytes, rcode: int) -> bytes | None:
 
 def _question_end(wire: bytes) -> int:
     """End of the first question, checked as strictly as parse_query checks it."""
+    pos = _question_name(wire)[1]
+    if pos + 4 > len(wire):
+        raise WireError("question truncated")
+    return pos + 4
+
+
+def _question_name(wire: bytes) -> tuple[list[bytes], int]:
+    """The question name's labels and the offset just past it, for a query."""
     pos = 12
     end = len(wire)
+    labels = []
     length = 0
     while True:
         if pos >= end:
             raise WireError("question truncated")
         n = wire[pos]
         if n == 0:
-            pos += 1
-            break
+            return labels, pos + 1
         if n > 63:
+            # A pointer has nothing before the question to point to; 0x40/0x80 are reserved.
             raise WireError("label type or pointer in question")
         length += n + 1
         if length > MAX_NAME_LENGTH - 1:
             raise WireError("name longer than 255 bytes")
+        labels.append(wire[pos + 1 : pos + 1 + n])
         pos += n + 1
-    if pos + 4 > end:
-        raise WireError("question truncated")
-    return pos + 4
 
 
 def truncated(query: Query, response: bytes) -> bytes:
