@@ -345,7 +345,7 @@ def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", list_name) or ":" in list_name:
         raise click.BadParameter("letters, digits, '.', '_' and '-' only", param_hint="--name")
     config = get_config(config_path, db)
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     bar = None
     progress = None
     if err.isatty():
