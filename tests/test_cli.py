@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
+import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -289,3 +292,19 @@ def test_config_check_lists_every_config_problem(tmp_path):
         "privacy.clients",
         "lisen",
     ]
+
+
+def test_import_shows_a_progress_bar_on_a_terminal_only(db, tmp_path):
+    script = require_tool("script")  # util-linux: runs the command on a pseudo-terminal
+    src = write(tmp_path, "big.txt", "".join(f"n{i}.big.example\n" for i in range(50_000)))
+    cmd = shlex.join(
+        [sys.executable, "-m", "resolver", "lists", "import", src, "--name", "big", "--db", db]
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    on_tty = subprocess.run(
+        [script, "-qec", cmd, "/dev/null"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert on_tty.returncode == 0, on_tty.stdout
+    assert f"reading {src}" in on_tty.stdout and "100%" in on_tty.stdout
+    piped = run_cli("lists", "import", src, "--name", "big", "--db", db)
+    assert piped.returncode == 0 and "reading" not in piped.stderr + piped.stdout
