@@ -293,9 +293,6 @@ class Store:
         row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
-    def set_setting(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
-
     def secret(self) -> bytes:
         """The HMAC key for hashed client pseudonyms, created once."""
         value = self.setting("client_secret")
