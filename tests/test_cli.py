@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from resolver.cli import cli
@@ -308,3 +309,13 @@ def test_import_shows_a_progress_bar_on_a_terminal_only(db, tmp_path):
     assert f"reading {src}" in on_tty.stdout and "100%" in on_tty.stdout
     piped = run_cli("lists", "import", src, "--name", "big", "--db", db)
     assert piped.returncode == 0 and "reading" not in piped.stderr + piped.stdout
+
+
+def test_the_readme_config_example_is_a_valid_config():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    from resolver.config import parse_config
+
+    config = parse_config(yaml.safe_load(block), "README.md")
+    assert config.listen == ("127.0.0.1:1053",) and config.clients.groups["ai-lab"].exempt
