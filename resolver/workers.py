@@ -74,15 +74,14 @@ def run_workers(config: Config, count: int, overrides: dict) -> int:
             reload_pending = False
             for pid in workers:
                 _signal(pid, signal.SIGHUP)
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+        reaped = _reap()
+        if reaped is None:
             break
-        if pid == 0:
+        if not reaped:
             time.sleep(0.1)
             continue
+        pid, code = reaped
         index, started = workers.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
         if time.monotonic() - started < STARTUP_WINDOW and code > 0:
             # It exited on its own at start (port in use, bad permission): its line says
             # why, and restarting would fail the same way. A signal is no such verdict.
@@ -96,19 +95,30 @@ def run_workers(config: Config, count: int, overrides: dict) -> int:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while workers and time.monotonic() < deadline:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+        reaped = _reap()
+        if reaped is None:
             break
-        if pid == 0:
+        if not reaped:
             time.sleep(0.05)
             continue
+        pid, code = reaped
         workers.pop(pid, None)
-        if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
+        if code not in (0, -signal.SIGTERM):
             exit_code = exit_code or 1
     for pid in workers:
         _signal(pid, signal.SIGKILL)
     return exit_code
+
+
+def _reap() -> tuple[int, int] | tuple[()] | None:
+    """(pid, exit code) of a worker that ended, () when none has, None when none is left."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if pid == 0:
+        return ()
+    return pid, os.waitstatus_to_exitcode(status)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -131,19 +131,7 @@ class Daemon:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM to our PID, SIGKILL after TIMEOUT; returns the exit code (idempotent)."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            try:
-                os.kill(process.pid, signal.SIGTERM)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-            except ProcessLookupError:
-                process.wait()
-        return process.returncode
+        return stop_by_pid(self.process, signal.SIGTERM, timeout)
 
     def __enter__(self) -> Daemon:
         return self.start() if self.process is None else self
@@ -155,6 +143,24 @@ class Daemon:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_by_pid(
+    process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT
+) -> int | None:
+    """Send SIG to the process's own PID, SIGKILL it after TIMEOUT; its exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        try:
+            os.kill(process.pid, sig)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            process.wait()
+    return process.returncode
 
 
 def _workdir(workdir: Path | None, name: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import dns.message
 import yaml
 
-from .daemons import free_port
+from .daemons import free_port, stop_by_pid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
@@ -165,19 +165,7 @@ class SinkholeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
         """Send SIG to the PID, SIGKILL it after TIMEOUT; return the exit code (idempotent)."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            try:
-                os.kill(process.pid, sig)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-            except ProcessLookupError:
-                process.wait()
-        return process.returncode
+        return stop_by_pid(self.process, sig, timeout)
 
     def __enter__(self) -> SinkholeProcess:
         return self.start() if self.process is None else self
