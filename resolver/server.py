@@ -62,7 +62,8 @@ def settle_gc(collect: bool = False) -> None:
     is millions of them: frozen, they are skipped, so no query waits for a pass over
     them. They are still freed by reference counting when a reload drops them. A
     larger first threshold makes the collections that remain rarer. `collect` only at
-    start: after a reload a full pass over a large new policy would stall the loop.
+    start: after a reload a full pass over a large new policy would stall the loop, so
+    cyclic garbage that exists at that moment stays frozen (kilobytes per reload).
     """
     if collect:
         gc.collect()
