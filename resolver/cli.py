@@ -757,9 +757,41 @@ def config_check(config_path, db) -> None:
     click.echo(f"{config_path or 'built-in defaults'}: OK")
 
 
-from resolver.status import status_command  # noqa: E402 - registered after the group exists
+@cli.command()
+@common
+@click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    help="Where /health and /metrics are (default: metrics_listen of the config).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path, db, metrics_address: str | None, as_json: bool) -> None:
+    """Show a running server's health, queries, upstreams; exit 1 unless healthy.
 
-cli.add_command(status_command)
+    Example: sinkhole status --metrics 127.0.0.1:9153
+    """
+    from resolver.status import metrics_url, read_status, render_status
+
+    if metrics_address is None:
+        config = get_config(config_path, db)
+        if not config.metrics_listen:
+            raise SinkholeError(
+                f"{config.path or 'built-in defaults'}: metrics_listen is empty, so the "
+                "server has no /health; pass --metrics HOST:PORT"
+            )
+        metrics_address = config.metrics_listen
+    try:
+        url = metrics_url(metrics_address)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--metrics") from None
+    st = read_status(url)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+    else:
+        click.echo(render_status(st))
+    if not st["healthy"]:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-import click
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver.config import CONFIG_ENV, DB_ENV, parse_hostport
-from resolver.errors import ConfigError, SinkholeError
+from resolver.config import parse_hostport
+from resolver.errors import SinkholeError
 
 #: Seconds to wait for each of /health and /metrics.
 STATUS_TIMEOUT = 3.0
@@ -135,59 +132,3 @@ def render_status(st: dict[str, Any]) -> str:
     pv = st["policy_version"]
     lines.append(f"policy version: {pv if pv is not None else 'none (database unreadable)'}")
     return "\n".join(lines)
-
-
-@click.command("status")
-@click.option(
-    "--config",
-    "config_path",
-    envvar=CONFIG_ENV,
-    type=click.Path(dir_okay=False),
-    help="YAML config file (default: built-in defaults).",
-)
-@click.option(
-    "--db",
-    "db",
-    envvar=DB_ENV,
-    type=click.Path(dir_okay=False),
-    help="SQLite database (not used; accepted like every command).",
-)
-@click.option(
-    "--metrics",
-    "metrics_address",
-    metavar="HOST:PORT",
-    help="Where /health and /metrics are (default: metrics_listen of the config).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_command(
-    config_path: str | None, db: str | None, metrics_address: str | None, as_json: bool
-) -> None:
-    """Show a running server's health, queries, upstreams; exit 1 unless healthy.
-
-    Example: sinkhole status --metrics 127.0.0.1:9153
-    """
-    # Imported here: cli.py registers this command, so importing it at the top is a cycle.
-    from resolver.cli import get_config
-
-    try:
-        if metrics_address is None:
-            config = get_config(config_path, db)
-            if not config.metrics_listen:
-                raise SinkholeError(
-                    f"{config.path or 'built-in defaults'}: metrics_listen is empty, so the "
-                    "server has no /health; pass --metrics HOST:PORT"
-                )
-            metrics_address = config.metrics_listen
-        try:
-            url = metrics_url(metrics_address)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--metrics") from None
-        st = read_status(url)
-    except SinkholeError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(st, indent=2))
-    else:
-        click.echo(render_status(st))
-    if not st["healthy"]:
-        sys.exit(1)

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from resolver import __version__
+from resolver.cli import cli
 from resolver.config import parse_config
 from resolver.errors import SinkholeError
 from resolver.metrics import MetricsServer, is_probe_answer, probe_packet, probe_upstreams
 from resolver.pipeline import Outcome
 from resolver.server import Server
-from resolver.status import status_command
 from resolver.upstream import LATENCY_BUCKETS
 from tests.conftest import SinkholeFactory, hostport, query
 from tests.dnstest.authserver import AuthServer
@@ -135,7 +135,7 @@ def test_metrics_count_known_traffic_exactly(sinkhole: SinkholeFactory) -> None:
     assert types["sinkhole_upstream_latency_seconds"] == "histogram"
     assert types["sinkhole_cache_hit_ratio"] == "gauge"
 
-    result = CliRunner().invoke(status_command, ["--metrics", f"127.0.0.1:{mport}", "--json"])
+    result = CliRunner().invoke(cli, ["status", "--metrics", f"127.0.0.1:{mport}", "--json"])
     assert result.exit_code == 0, result.output
     st = json.loads(result.output)
     assert st["healthy"] is True
@@ -145,7 +145,7 @@ def test_metrics_count_known_traffic_exactly(sinkhole: SinkholeFactory) -> None:
     assert st["upstreams"][0]["mean_latency_ms"] > 0
 
     # Without --metrics the address comes from the config's metrics_listen.
-    result = CliRunner().invoke(status_command, ["--config", str(server.config_path)])
+    result = CliRunner().invoke(cli, ["status", "--config", str(server.config_path)])
     assert result.exit_code == 0, result.output
     assert f"at 127.0.0.1:{mport}: healthy" in result.output
     assert "top blocked: openai-chatgpt 7" in result.output
@@ -165,7 +165,7 @@ def test_health_follows_the_only_upstream(sinkhole: SinkholeFactory, zone: Zone)
         wait_for(lambda: health(mport)[0] == 503, HEALTH_DEADLINE, "/health 503, upstream down")
         status, body = health(mport)
         assert f"127.0.0.1:{port}" in body and "no upstream" in body, body
-        result = CliRunner().invoke(status_command, ["--metrics", f"127.0.0.1:{mport}"])
+        result = CliRunner().invoke(cli, ["status", "--metrics", f"127.0.0.1:{mport}"])
         assert result.exit_code == 1
         assert "UNHEALTHY" in result.output and "DOWN" in result.output
 
@@ -177,7 +177,7 @@ def test_health_follows_the_only_upstream(sinkhole: SinkholeFactory, zone: Zone)
 
 def test_status_of_an_unreachable_server_is_one_line_and_exit_1() -> None:
     port = free_port()
-    result = CliRunner().invoke(status_command, ["--metrics", f"127.0.0.1:{port}"])
+    result = CliRunner().invoke(cli, ["status", "--metrics", f"127.0.0.1:{port}"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], result.output
@@ -187,7 +187,7 @@ def test_status_of_an_unreachable_server_is_one_line_and_exit_1() -> None:
 def test_status_says_so_when_metrics_are_off(tmp_path: Path) -> None:
     config = tmp_path / "off.yaml"
     config.write_text('metrics_listen: ""\n')
-    result = CliRunner().invoke(status_command, ["--config", str(config)])
+    result = CliRunner().invoke(cli, ["status", "--config", str(config)])
     assert result.exit_code == 1
     assert "metrics_listen is empty" in result.output
 
