@@ -28,14 +28,13 @@ def blocked_still_works(server) -> None:
         assert query(server.address, BLOCKED, tcp=tcp).answer[0][0].address == "0.0.0.0"
 
 
-class Blackhole:
-    """A bound UDP socket that never answers and counts what it receives."""
+class UdpPeer:
+    """A bound loopback UDP socket served by a thread until close(); subclasses say how."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
-        self.received = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -47,17 +46,29 @@ class Blackhole:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.sock.recv(65535)
-                self.received += 1
+                data, addr = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
             except OSError:
                 return
+            self.datagram(data, addr)
+
+    def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
+
+
+class Blackhole(UdpPeer):
+    """Never answers; counts what it receives."""
+
+    received = 0
+
+    def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received += 1
 
 
 @pytest.fixture
@@ -259,24 +270,12 @@ def test_forwarding_loop_to_ourselves_fails_cleanly(sinkhole):
 # -- an attacker racing the real answer ---------------------------------------------------------
 
 
-class SpoofRace:
+class SpoofRace(UdpPeer):
     """An upstream that first sends forged answers (every way), then the real one."""
 
     FORGED = "6.6.6.6"
     REAL = "192.0.2.77"
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.queries = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()
+    queries = 0
 
     def _answer(
         self, request: DNSRecord, address: str, ident: int | None = None, qname: str | None = None
@@ -290,35 +289,23 @@ class SpoofRace:
         reply.add_answer(RR(name, QTYPE.A, ttl=300, rdata=A(address)))
         return reply.pack()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.queries += 1
-            req = DNSRecord.parse(data)
-            real_id = req.header.id
-            forged = [
-                self._answer(req, self.FORGED, ident=real_id ^ 0x0101),
-                self._answer(req, self.FORGED, qname="other." + str(req.q.qname)),
-                b"\x00" * 3,
-                data[:2] + b"\x81\x80" + b"\xff" * 40,
-            ]
-            for packet in forged:
-                self.sock.sendto(packet, addr)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
-                other.bind(("127.0.0.1", 0))
-                other.sendto(self._answer(req, self.FORGED), addr)  # right ID, wrong port
-            time.sleep(0.05)
-            self.sock.sendto(self._answer(req, self.REAL), addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
+    def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries += 1
+        req = DNSRecord.parse(data)
+        real_id = req.header.id
+        forged = [
+            self._answer(req, self.FORGED, ident=real_id ^ 0x0101),
+            self._answer(req, self.FORGED, qname="other." + str(req.q.qname)),
+            b"\x00" * 3,
+            data[:2] + b"\x81\x80" + b"\xff" * 40,
+        ]
+        for packet in forged:
+            self.sock.sendto(packet, addr)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind(("127.0.0.1", 0))
+            other.sendto(self._answer(req, self.FORGED), addr)  # right ID, wrong port
+        time.sleep(0.05)
+        self.sock.sendto(self._answer(req, self.REAL), addr)
 
 
 def test_forged_answers_lose_the_race_and_the_real_one_is_cached(sinkhole):
