@@ -345,9 +345,6 @@ class Policy:
             self._by_rule[rule] = r
         return r
 
-    def answer(self, q: Query, rule: Rule) -> bytes:
-        return self.responder(rule).answer(q)
-
 
 @dataclass
 class ImportedList:
