@@ -248,13 +248,35 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to WAL, waiting for other connections that are doing the same.
+
+    The switch needs an exclusive lock, and SQLite reports SQLITE_BUSY for it
+    without calling the busy handler when another connection is opening the same
+    new file at that moment (workers and the CLI starting together), so the wait
+    is ours: retry within the busy timeout.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def connect(path: str | os.PathLike, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """A connection with WAL and a busy timeout; raises StoreError with the path."""
     p = Path(path)
     try:
         _create_private(p)
         conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(conn, timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn

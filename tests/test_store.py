@@ -95,7 +95,10 @@ def test_opening_a_current_database_takes_no_write_lock(db):
             assert store.policy_version() == 0
 
 
-def test_concurrent_first_opens_create_the_schema_once(tmp_path):
+@pytest.mark.parametrize("round_", range(40))
+def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
+    # Workers and the CLI opening a new file together: the switch to WAL is
+    # refused without the busy handler, a few percent of rounds, so many rounds.
     path = tmp_path / "race.db"
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -117,6 +120,7 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path):
         ("m001_initial",),
         ("m002_hits_5min",),
     ]
+    assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
 def _two_step() -> Migrations:
