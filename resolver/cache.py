@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from resolver.config import CacheConfig
@@ -12,6 +13,8 @@ STALE_ANSWER_TTL = 30
 #: Prefetch when less than this share of the original TTL is left (and the entry is popular).
 PREFETCH_SHARE = 0.1
 PREFETCH_MIN_HITS = 3
+#: Share of the size a full cache frees at once, so eviction is not a scan per store.
+EVICT_SHARE = 0.1
 #: Cap on how long a SERVFAIL-free negative answer without SOA may be kept.
 NO_SOA_NEGATIVE_TTL = 0
 
@@ -111,13 +114,25 @@ class Cache:
         entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
 
     def _evict(self, now: float) -> None:
+        """Make room for a tenth of the size at once: expired entries first, then the
+        oldest insertions (dicts keep insertion order).
+
+        One pass over the entries per EVICT_SHARE of the size stored, not one per
+        store: a full cache of names that never expire (a flood of new names) would
+        otherwise cost a scan of every entry for each answer it keeps.
+        """
         entries = self.entries
-        # Expired first; then the oldest insertions (dicts keep insertion order).
-        expired = [k for k, e in entries.items() if e.expires <= now]
-        for k in expired[: max(1, self.size // 10)]:
+        target = self.size - max(1, int(self.size * EVICT_SHARE))
+        excess = len(entries) - target
+        if excess <= 0:
+            return
+        doomed = [k for k, e in entries.items() if e.expires <= now][:excess]
+        if len(doomed) < excess:
+            gone = set(doomed)
+            oldest = (k for k in entries if k not in gone)
+            doomed += itertools.islice(oldest, excess - len(doomed))
+        for k in doomed:
             del entries[k]
-        while len(entries) >= self.size:
-            del entries[next(iter(entries))]
 
     def get(self, query: Query, now: float) -> Entry | None:
         """A fresh entry for the query, or None (stale entries stay for serve-stale)."""

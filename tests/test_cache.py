@@ -142,6 +142,42 @@ def test_size_bound_evicts_oldest():
     assert cache.get(first, 1000.0) is None
 
 
+def put(cache: Cache, name: str, ttl: int, now: float) -> None:
+    dq, q = make(name)
+    wire = answer_for(dq, ttl)
+    cache.store(q, wire, scan_answer(wire, q), now=now)
+
+
+def fresh(cache: Cache, name: str, now: float) -> bool:
+    return cache.get(make(name)[1], now) is not None
+
+
+def test_full_cache_frees_a_tenth_at_once_expired_entries_first():
+    # One eviction pass per hundred stores here, not one per store: a flood of new
+    # names that never expire must not cost a scan of the whole cache per answer.
+    cache = Cache(CacheConfig(size=1000))
+    for i in range(1000):
+        # Every tenth entry lives 10 s, the rest 300 s.
+        put(cache, f"n{i}.example.test", 10 if i % 10 == 0 else 300, 1000.0)
+    assert len(cache) == 1000
+    put(cache, "new.example.test", 300, 1020.0)
+    assert len(cache) == 901  # 100 freed at once, then the new one
+    # The hundred that had expired went; every fresh one stayed, however old.
+    assert [i for i in range(1000) if fresh(cache, f"n{i}.example.test", 1020.0)] == [
+        i for i in range(1000) if i % 10
+    ]
+    # With nothing expired, the oldest insertions go.
+    for i in range(1000, 1099):
+        put(cache, f"n{i}.example.test", 300, 1021.0)
+    assert len(cache) == 1000
+    put(cache, "last.example.test", 300, 1022.0)
+    assert len(cache) == 901
+    survivors = [i for i in range(1099) if fresh(cache, f"n{i}.example.test", 1022.0)]
+    assert survivors == [i for i in range(1000) if i % 10][100:] + list(range(1000, 1099))
+    assert fresh(cache, "new.example.test", 1022.0)
+    assert fresh(cache, "last.example.test", 1022.0)
+
+
 def test_prefetch_wanted_for_popular_entry_near_expiry():
     cache = Cache(CacheConfig())
     dq, q = make("pop.example.test")
