@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 from resolver import wire
 from resolver.cache import STALE_ANSWER_TTL, Cache, personalise
@@ -47,6 +47,38 @@ class Outcome(IntEnum):
     NOTIMP = 8  #: opcode other than QUERY
     DROPPED = 9  #: no answer at all (unreadable header, QR set)
     LOCAL = 10  #: answered locally (CHAOS version string)
+
+
+class Sink(Protocol):
+    """Where a forwarded query's answer goes: a UDP listener, or a future for TCP."""
+
+    def send(self, out: bytes, addr: Any) -> None: ...
+
+
+class _FutureSink:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def send(self, out: bytes, addr: Any) -> None:
+        if not self.future.done():  # the TCP connection may be gone
+            self.future.set_result(out)
+
+
+class _Pending:
+    """A question waiting on an upstream, and the queries that asked it meanwhile."""
+
+    __slots__ = ("resolver", "query", "waiters", "exchange")
+
+    def __init__(self, resolver: Resolver, query: Query) -> None:
+        self.resolver = resolver
+        self.query = query
+        self.waiters: list[tuple[Request, Sink, Any]] = []
+        self.exchange = None
+
+    def finished(self, result: tuple[bytes, Any] | None) -> None:
+        self.resolver._fetched(self, result)
 
 
 class Request:
@@ -194,7 +226,7 @@ class CacheStep:
                     return r.blocked(req, match)
         if r.cache.wants_prefetch(entry, now):
             entry.prefetching = True
-            r.spawn(r.fetch(req.query))
+            r.prefetch(req.query)
         req.outcome = Outcome.CACHED
         out = personalise(entry.render(int(now - entry.stored)), req.query)
         if not req.tcp and len(out) > req.query.max_udp:
@@ -215,11 +247,10 @@ class Resolver:
         #: blocked queries per service id (or category for lists and custom rules)
         self.blocked_by: dict[str, int] = {}
         self.error_budget: dict[str, list[float]] = {}
-        self.inflight: dict[bytes, asyncio.Future] = {}
+        self.inflight: dict[bytes, _Pending] = {}
         #: bound of `inflight`; the server lowers it when file descriptors are scarce
         self.max_inflight = MAX_INFLIGHT
         self.waiting = 0
-        self.tasks: set[asyncio.Task] = set()
         self.steps = self.build_chain(config)
 
     def build_chain(self, config: Config) -> list:
@@ -260,14 +291,18 @@ class Resolver:
             c[Outcome.REFUSED] + c[Outcome.RATE_LIMITED],
         ]
 
-    def spawn(self, coro: Coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+    def handle(
+        self,
+        data: bytes,
+        client: str,
+        tcp: bool = False,
+        sink: Sink | None = None,
+        addr: Any = None,
+    ) -> bytes | None | Coroutine:
+        """Answer bytes, or None (dropped, or forwarded: `sink.send(answer, addr)` later).
 
-    def handle(self, data: bytes, client: str, tcp: bool = False) -> bytes | None | Coroutine:
-        """Answer bytes, None (drop), or a coroutine that resolves to the answer."""
+        Without a sink, a forwarded query returns a coroutine that resolves to the answer.
+        """
         try:
             q = wire.parse_query(data)
         except WireError as exc:
@@ -284,6 +319,9 @@ class Resolver:
                 return out
         if self.waiting >= MAX_WAITING:
             return self._fail(req)
+        if sink is not None:
+            self.forward_to(req, sink, addr)
+            return None
         return self.forward(req)
 
     def _refuse_malformed(self, data: bytes, exc: WireError, client: str) -> bytes | None:
@@ -323,41 +361,59 @@ class Resolver:
             self.recorder.hit(req.client, q.name, q.qtype, rule, pattern, responder.action)
         return responder.answer(q)
 
-    async def fetch(self, q: Query) -> tuple[bytes, Any] | None:
-        """Ask upstream once for everyone waiting on this question; fill the cache."""
-        try:
-            data, answer = await self.forwarder.resolve(q)
-        except WireError:
-            return None
-        except Exception:  # noqa: BLE001 - an upstream fault must not stop the server
-            log.exception("unexpected error forwarding %s", q.name)
-            return None
-        self.cache.store(q, data, answer)
-        return data, answer
+    def prefetch(self, q: Query) -> None:
+        """Refresh a popular cached answer shortly before it expires."""
+        if q.key in self.inflight or len(self.inflight) >= self.max_inflight:
+            return
+        pending = self.inflight[q.key] = _Pending(self, q)
+        pending.exchange = self.forwarder.start(q, pending.finished)
+
+    def forward_to(self, req: Request, sink: Sink, addr: Any) -> None:
+        """Ask upstream; `sink.send(answer, addr)` gets the answer (maybe before this returns).
+
+        The first asker of a question starts the exchange; identical questions
+        asked meanwhile wait on it (retries are not multiplied upstream).
+        """
+        q = req.query
+        pending = self.inflight.get(q.key)
+        if pending is None:
+            if len(self.inflight) >= self.max_inflight:
+                out = self._fail(req)
+                if out is not None:
+                    sink.send(out, addr)
+                return
+            pending = self.inflight[q.key] = _Pending(self, q)
+            pending.waiters.append((req, sink, addr))
+            self.waiting += 1
+            pending.exchange = self.forwarder.start(q, pending.finished)
+        else:
+            pending.waiters.append((req, sink, addr))
+            self.waiting += 1
 
     async def forward(self, req: Request) -> bytes | None:
-        q = req.query
-        shared = self.inflight.get(q.key)
-        self.waiting += 1
-        try:
-            if shared is None:
-                if len(self.inflight) >= self.max_inflight:
-                    return self._fail(req)
-                # The first asker fetches in its own task; later identical questions
-                # wait on this future (retries are not multiplied upstream).
-                shared = self.inflight[q.key] = asyncio.get_running_loop().create_future()
-                result = None
-                try:
-                    result = await self.fetch(q)
-                finally:
-                    del self.inflight[q.key]
-                    # Also when this task is cancelled: the others get SERVFAIL, not a hang.
-                    if not shared.done():
-                        shared.set_result(result)
-            else:
-                result = await asyncio.shield(shared)
-        finally:
+        """`forward_to` for coroutines (TCP connections)."""
+        sink = _FutureSink()
+        self.forward_to(req, sink, None)
+        return await sink.future
+
+    def _fetched(self, pending: _Pending, result: tuple[bytes, Any] | None) -> None:
+        q = pending.query
+        pending.exchange = None
+        if self.inflight.get(q.key) is pending:
+            del self.inflight[q.key]
+        if result is not None:
+            self.cache.store(q, result[0], result[1])
+        for req, sink, addr in pending.waiters:
             self.waiting -= 1
+            try:
+                out = self._answer(req, result)
+                if out is not None:
+                    sink.send(out, addr)
+            except Exception:  # noqa: BLE001 - one client's answer must not stop the others
+                log.exception("error answering %s for %s", req.query.name, req.client)
+
+    def _answer(self, req: Request, result: tuple[bytes, Any] | None) -> bytes | None:
+        q = req.query
         if result is None:
             stale = self.cache.get_stale(q, time.monotonic())
             if stale is not None:
@@ -378,6 +434,13 @@ class Resolver:
         flags = (data[2] << 8 | data[3]) & ~wire.Z
         out = q.wire[:2] + wire.U16.pack(flags) + data[4:12] + q.question + data[q.question_end :]
         return self._deliver(req, out)
+
+    def abandon(self) -> None:
+        """At shutdown: stop every exchange still waiting on an upstream."""
+        for pending in list(self.inflight.values()):
+            if pending.exchange is not None:
+                pending.exchange.cancel()
+        self.inflight.clear()
 
     def _deliver(self, req: Request, out: bytes) -> bytes:
         if not req.tcp and len(out) > req.query.max_udp:

@@ -146,17 +146,16 @@ class UdpListener:
             except OSError:
                 continue  # an ICMP error queued on the socket: nothing to answer
             try:
-                out = handle(data, addr[0], False)
-                if out is None:
-                    continue
-                if type(out) is bytes:
+                # A forwarded query returns None now and comes back through send().
+                out = handle(data, addr[0], False, self, addr)
+                if out is not None:
                     self.send(out, addr)
-                else:
-                    self.server.spawn(self._later(out, addr))
             except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
                 log.exception("error handling a UDP query from %s", addr[0])
 
     def send(self, out: bytes, addr: tuple) -> None:
+        if self.closed:
+            return
         if not self.backlog:
             try:
                 self.sock.sendto(out, addr)
@@ -180,16 +179,6 @@ class UdpListener:
                 pass
             self.backlog.popleft()
         self.loop.remove_writer(self.sock.fileno())
-
-    async def _later(self, coro: Coroutine, addr) -> None:
-        try:
-            out = await coro
-            if out is not None and not self.closed:
-                self.send(out, addr)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - one query's failure must not go unnoticed or spread
-            log.exception("error answering a UDP query from %s", addr[0])
 
 
 class Server:
@@ -457,13 +446,14 @@ class Server:
             t.close()
         for s in self.tcp_servers:
             s.close()
-        pending = self.tasks | self.resolver.tasks | self.tcp_connections
+        # UDP answers still on their way from upstream have no socket to go out on;
+        # TCP connections get the grace period to finish theirs.
+        pending = self.tasks | self.forwarder.tasks | self.tcp_connections
         if pending:
             await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
-        for t in list(self.tasks | self.resolver.tasks | self.tcp_connections):
+        for t in list(self.tasks | self.forwarder.tasks | self.tcp_connections):
             t.cancel()
-        for task in list(self.resolver.inflight.values()):
-            task.cancel()
+        self.resolver.abandon()
         loop = asyncio.get_running_loop()
         self.recorder.detach()
         await loop.run_in_executor(None, self.recorder.stop, SHUTDOWN_FLUSH)

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 import weakref
+from collections.abc import Callable
 
 from resolver import wire
 from resolver.wire import Answer, Query, Rcode, WireError
@@ -169,43 +170,127 @@ class _Attempt:
             if self.poller.attempts.get(self.fd) is self:
                 del self.poller.attempts[self.fd]
             self.sock.close()  # also leaves the epoll set
+            # on_reply is the exchange's bound method: a cycle left to the GC otherwise.
+            self.on_reply = None
 
 
 class _Exchange:
-    """The attempts for one query; the first valid answer wins, failures wake the sender."""
+    """The attempts for one query, driven by callbacks: no task, no future.
 
-    __slots__ = ("query", "loop", "attempts", "result", "last_error", "wake", "excluded")
+    Attempts go to the upstreams in order; the retry timer or a failure (closed
+    port, SERVFAIL) sends the next one, and earlier attempts keep listening, so a
+    slow upstream's late answer still counts. The first valid answer wins. When it
+    is over, `done` gets `(wire, scan)` or None (no upstream answered in time).
+    """
 
-    def __init__(self, query: Query, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = (
+        "query",
+        "loop",
+        "forwarder",
+        "done",
+        "deadline",
+        "order",
+        "sends",
+        "turn",
+        "attempts",
+        "result",
+        "last_error",
+        "excluded",
+        "timer",
+        "over",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        query: Query,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[tuple[bytes, Answer] | None], None],
+        deadline: float,
+    ) -> None:
         self.query = query
         self.loop = loop
+        self.forwarder = forwarder
+        self.done = done
+        self.deadline = deadline
+        self.order = forwarder.ordered()
+        self.sends: dict[Upstream, int] | None = None  # made on the first retry
+        self.turn = 0
         self.attempts: list[_Attempt] = []
         self.result: tuple[bytes, Answer, Upstream] | None = None
         self.last_error: tuple[bytes, Answer] | None = None
-        self.wake: asyncio.Future | None = None
-        self.excluded: set[Upstream] = set()
+        self.excluded: set[Upstream] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.over = False
 
     @property
     def live(self) -> int:
         return sum(1 for a in self.attempts if not a.done)
 
-    def _wake(self) -> None:
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
+    def _exclude(self, upstream: Upstream) -> None:
+        if self.excluded is None:
+            self.excluded = set()
+        self.excluded.add(upstream)
 
-    def send(self, upstream: Upstream) -> None:
+    def step(self) -> None:
+        """Send the next attempt and arm the timer, or finish: an answer, no time, no one left."""
+        while not self.over:
+            if self.result is not None:
+                self._finish()
+                return
+            now = time.monotonic()
+            remaining = self.deadline - now
+            if remaining <= 0:
+                self._finish()
+                return
+            # Each upstream is asked at most twice, in order.
+            if self.turn == 0:
+                upstream = self.order[0]  # the common case: the first healthy upstream
+            else:
+                if self.sends is None:
+                    # Turn 0 went to order[0] (a failed send counts too).
+                    self.sends = {u: 0 for u in self.order}
+                    self.sends[self.order[0]] = 1
+                sends, order, excluded = self.sends, self.order, self.excluded or ()
+                candidates = [u for u in order if u not in excluded and sends[u] < 2]
+                if not candidates:
+                    if self.live == 0:
+                        self._finish()
+                        return
+                    self._arm(remaining)
+                    return
+                upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
+                sends[upstream] += 1
+            self.turn += 1
+            if not self._send(upstream):
+                continue  # could not even send: try the next one now
+            self._arm(min(RETRY_AFTER[min(self.turn, len(RETRY_AFTER)) - 1], remaining))
+            return
+
+    def _arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        self.step()
+
+    def _send(self, upstream: Upstream) -> bool:
         ident = new_id()
         packet = wire.upstream_query(self.query, ident)
         try:
             self.attempts.append(
                 _Attempt(poller_for(self.loop), upstream, packet, self.on_reply, ident)
             )
+            return True
         except OSError as exc:
             log.debug("cannot send to %s: %s", upstream, exc)
             if exc.errno not in LOCAL_ERRNOS:
                 # Out of descriptors is our problem: it must not mark a healthy upstream down.
                 upstream.failed()
-            self.excluded.add(upstream)
+            self._exclude(upstream)
+            return False
 
     def on_reply(self, attempt: _Attempt) -> None:
         try:
@@ -216,8 +301,8 @@ class _Exchange:
             # ECONNREFUSED (ICMP port unreachable): this upstream is closed; move on at once.
             attempt.close()
             attempt.upstream.failed()
-            self.excluded.add(attempt.upstream)
-            self._wake()
+            self._exclude(attempt.upstream)
+            self.step()
             return
         if len(data) < 2 or (data[0] << 8 | data[1]) != attempt.ident:
             return  # not ours: keep waiting for the real answer (RFC 5452)
@@ -226,21 +311,67 @@ class _Exchange:
         except WireError:
             return  # garbage or another question: ignore, never forward
         attempt.close()
-        if self.result is not None:
+        if self.result is not None or self.over:
             return
         if answer.rcode in (Rcode.SERVFAIL, Rcode.REFUSED, Rcode.NOTIMP):
             # This upstream can't help; another one may.
             attempt.upstream.failed()
-            self.excluded.add(attempt.upstream)
+            self._exclude(attempt.upstream)
             self.last_error = (data, answer)
         else:
             attempt.upstream.succeeded(time.monotonic() - attempt.sent)
             self.result = (data, answer, attempt.upstream)
-        self._wake()
+        self.step()
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """Stop without an answer: close the sockets, never call `done`."""
+        self.over = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for a in self.attempts:
             a.close()
+
+    def _finish(self) -> None:
+        attempts = self.attempts
+        live = [a.upstream for a in attempts if not a.done]
+        self.cancel()
+        result = self.result
+        if result is None:
+            for upstream in set(live):
+                upstream.failed()
+            if self.last_error is None:
+                self.forwarder.timeouts += 1
+            self._deliver(self.last_error)
+            return
+        data, answer, upstream = result
+        if len(attempts) > 1:
+            winner = next(a for a in attempts if a.upstream is upstream)
+            # An upstream whose attempt went out before the winner's and is still
+            # silent let its retry timer run out: count it, or a blackholed first
+            # upstream would cost every query the retry delay forever.
+            early = {a.upstream for a in attempts if a.sent < winner.sent}
+            for slow in early - {upstream}:
+                if slow in live:
+                    slow.failed()
+        if answer.tc:
+            # Ask again over TCP (rare): the one path that needs a task.
+            self.forwarder.spawn(self._over_tcp(data, answer, upstream))
+            return
+        self._deliver((data, answer))
+
+    async def _over_tcp(self, data: bytes, answer: Answer, upstream: Upstream) -> None:
+        tcp = await self.forwarder._tcp(self.query, upstream, self.deadline)
+        # TCP failed: the truncated answer still tells the client to retry over TCP.
+        self._deliver(tcp if tcp is not None else (data, answer))
+
+    def _deliver(self, result: tuple[bytes, Answer] | None) -> None:
+        # Dropped before the call: `done` may reference what references us (no cycle left).
+        done, self.done = self.done, None
+        try:
+            done(result)
+        except Exception:  # noqa: BLE001 - one query's fault must not stop the others
+            log.exception("error delivering the answer for %s", self.query.name)
 
 
 class Forwarder:
@@ -250,6 +381,7 @@ class Forwarder:
         self.upstreams = [Upstream(h, p) for h, p in upstreams]
         self.budget = budget
         self.timeouts = 0
+        self.tasks: set[asyncio.Task] = set()
 
     def ordered(self) -> list[Upstream]:
         """Healthy upstreams in configured order, then the ones in backoff."""
@@ -259,75 +391,49 @@ class Forwarder:
         up = [u for u in self.upstreams if u.down_until <= now]
         return up + [u for u in self.upstreams if u.down_until > now]
 
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def start(
+        self,
+        query: Query,
+        done: Callable[[tuple[bytes, Answer] | None], None],
+        budget: float | None = None,
+    ) -> _Exchange:
+        """Ask the upstreams; `done` gets the first valid answer and its scan, or None.
+
+        The answer may be an upstream's SERVFAIL or REFUSED when no other upstream
+        did better; None means nobody answered within the budget. `done` may be
+        called before this returns (every send failed at once).
+        """
+        deadline = time.monotonic() + (self.budget if budget is None else budget)
+        ex = _Exchange(self, query, asyncio.get_running_loop(), done, deadline)
+        ex.step()
+        return ex
+
     async def resolve(self, query: Query, budget: float | None = None) -> tuple[bytes, Answer]:
-        """The first valid upstream answer and its scan (the caller sets the client's ID).
+        """`start` for coroutines: the answer (the caller sets the client's ID).
 
         Raises:
             WireError: rcode SERVFAIL; no upstream gave a usable answer within the budget.
         """
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + (self.budget if budget is None else budget)
-        ex = _Exchange(query, loop)
-        order = self.ordered()
-        sends = {u: 0 for u in order}
-        turn = 0
+        future = asyncio.get_running_loop().create_future()
+
+        def done(result: tuple[bytes, Answer] | None) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        ex = self.start(query, done, budget)
         try:
-            while ex.result is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Each upstream is asked at most twice, in order; the retry timer or a
-                # failure (closed port, SERVFAIL) sends the next attempt.
-                if turn == 0:
-                    candidates = order  # the common case: the first healthy upstream
-                    upstream = order[0]
-                else:
-                    candidates = [u for u in order if u not in ex.excluded and sends[u] < 2]
-                    if candidates:
-                        upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
-                if candidates:
-                    sends[upstream] += 1
-                    turn += 1
-                    ex.send(upstream)
-                    wait = RETRY_AFTER[min(turn, len(RETRY_AFTER)) - 1]
-                elif ex.live == 0:
-                    break
-                else:
-                    wait = remaining
-                # A timer that wakes the same future as an answer or a failure does:
-                # cheaper than wait_for, which wraps the wait in more futures.
-                ex.wake = wake = loop.create_future()
-                timer = loop.call_later(min(wait, remaining), ex._wake)
-                try:
-                    await wake
-                finally:
-                    timer.cancel()
+            result = await future
         finally:
-            live = [a.upstream for a in ex.attempts if not a.done]
-            ex.close()
-        if ex.result is not None:
-            data, answer, upstream = ex.result
-            if len(ex.attempts) > 1:
-                winner = next(a for a in ex.attempts if a.upstream is upstream)
-                # An upstream whose attempt went out before the winner's and is still
-                # silent let its retry timer run out: count it, or a blackholed first
-                # upstream would cost every query the retry delay forever.
-                early = {a.upstream for a in ex.attempts if a.sent < winner.sent}
-                for slow in early - {upstream}:
-                    if slow in live:
-                        slow.failed()
-            if answer.tc:
-                tcp = await self._tcp(query, upstream, deadline)
-                if tcp is not None:
-                    return tcp
-                # TCP failed: the truncated answer still tells the client to retry over TCP.
-            return data, answer
-        for upstream in set(live):
-            upstream.failed()
-        if ex.last_error is not None:
-            return ex.last_error
-        self.timeouts += 1
-        raise WireError("no upstream answered in time", Rcode.SERVFAIL)
+            if not ex.over:
+                ex.cancel()
+        if result is None:
+            raise WireError("no upstream answered in time", Rcode.SERVFAIL)
+        return result
 
     async def _tcp(
         self, query: Query, upstream: Upstream, deadline: float
