@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import bisect
 import errno
+import heapq
+import itertools
 import logging
+import math
 import os
 import select
 import socket
@@ -29,6 +33,8 @@ BACKOFF_MAX = 60.0
 MAX_UDP_ANSWER = 65_535
 #: Ready upstream sockets handled per wake-up of the poller.
 POLL_BATCH = 256
+#: Retry timers due within this many seconds of each other fire in one wake-up.
+TIMER_GRAIN = 0.005
 #: Upper bounds (seconds) of the upstream latency histogram exported on /metrics.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: Errors of our own machine (out of descriptors or buffers), not of the upstream.
@@ -59,19 +65,16 @@ class Upstream:
         return self.down_until <= time.monotonic()
 
     def succeeded(self, latency: float) -> None:
-        if self.failures >= DOWN_AFTER_FAILURES:
-            log.warning("upstream %s is answering again", self)
-        self.failures = 0
-        self.down_until = 0.0
-        self.backoff = BACKOFF_START
+        if self.failures:
+            if self.failures >= DOWN_AFTER_FAILURES:
+                log.warning("upstream %s is answering again", self)
+            self.failures = 0
+            self.down_until = 0.0
+            self.backoff = BACKOFF_START
         self.answers += 1
         self.latency_sum += latency
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if latency <= bound:
-                self.latency_counts[i] += 1
-                break
-        else:
-            self.latency_counts[-1] += 1
+        # The first bound at or above the latency; past the last, the +Inf slot.
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
 
     def failed(self) -> None:
         self.errors += 1
@@ -105,17 +108,27 @@ new_id = _Ids().next
 
 
 class _Poller:
-    """One epoll set for every upstream socket, watched by the event loop as one fd.
+    """One epoll set for every upstream socket, watched by the event loop as one fd,
+    and the retry timers of every exchange, served by one loop timer.
 
     A fresh socket per query means registering each with the event loop and
     removing it again; uvloop makes that a handle allocation each way. Our own
     epoll set costs one epoll_ctl per socket, and closing a socket drops it
-    from the set by itself.
+    from the set by itself. Likewise a loop timer per query (armed, then nearly
+    always cancelled by the answer) costs more than a heap entry and a dict slot.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.epoll = select.epoll()
         self.attempts: dict[int, _Attempt] = {}
+        #: (due, ticket) for every timer set, cancelled ones included until they come due
+        self.due: list[tuple[float, int]] = []
+        #: ticket -> the exchange whose timer it is; cancelling a timer removes it
+        self.armed: dict[int, _Exchange] = {}
+        self.tickets = itertools.count(1)
+        self.wakeup: asyncio.TimerHandle | None = None
+        self.wake_at = math.inf
         loop.add_reader(self.epoll.fileno(), self.dispatch)
 
     def dispatch(self) -> None:
@@ -124,6 +137,42 @@ class _Poller:
             attempt = get(fd)
             if attempt is not None:
                 attempt.on_reply(attempt)
+
+    def arm(self, exchange: _Exchange, delay: float) -> int:
+        """Call exchange.step() in `delay` seconds, unless the ticket is cancelled first."""
+        ticket = next(self.tickets)
+        when = time.monotonic() + delay
+        heapq.heappush(self.due, (when, ticket))
+        self.armed[ticket] = exchange
+        if when < self.wake_at:
+            self._wake_at(when)
+        return ticket
+
+    def cancel(self, ticket: int) -> None:
+        self.armed.pop(ticket, None)
+
+    def _wake_at(self, when: float) -> None:
+        if self.wakeup is not None:
+            self.wakeup.cancel()
+        self.wake_at = when
+        self.wakeup = self.loop.call_later(max(0.0, when - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self.wakeup = None
+        self.wake_at = math.inf
+        due, armed = self.due, self.armed
+        # Everything due within the grain fires now: one wake-up for many timers.
+        now = time.monotonic() + TIMER_GRAIN
+        while due and due[0][0] <= now:
+            exchange = armed.pop(heapq.heappop(due)[1], None)
+            if exchange is not None:
+                exchange.timer = 0
+                try:
+                    exchange.step()
+                except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                    log.exception("error in the retry timer of %s", exchange.query.name)
+        if due:
+            self._wake_at(due[0][0])
 
 
 _pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -185,7 +234,7 @@ class _Exchange:
 
     __slots__ = (
         "query",
-        "loop",
+        "poller",
         "forwarder",
         "done",
         "deadline",
@@ -204,12 +253,12 @@ class _Exchange:
         self,
         forwarder: Forwarder,
         query: Query,
-        loop: asyncio.AbstractEventLoop,
+        poller: _Poller,
         done: Callable[[tuple[bytes, Answer] | None], None],
         deadline: float,
     ) -> None:
         self.query = query
-        self.loop = loop
+        self.poller = poller
         self.forwarder = forwarder
         self.done = done
         self.deadline = deadline
@@ -220,7 +269,7 @@ class _Exchange:
         self.result: tuple[bytes, Answer, Upstream] | None = None
         self.last_error: tuple[bytes, Answer] | None = None
         self.excluded: set[Upstream] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = 0  # the poller's ticket of the armed timer, 0 for none
         self.over = False
 
     @property
@@ -268,21 +317,16 @@ class _Exchange:
             return
 
     def _arm(self, delay: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, self._expired)
-
-    def _expired(self) -> None:
-        self.timer = None
-        self.step()
+        poller = self.poller
+        if self.timer:
+            poller.cancel(self.timer)
+        self.timer = poller.arm(self, delay)
 
     def _send(self, upstream: Upstream) -> bool:
         ident = new_id()
         packet = wire.upstream_query(self.query, ident)
         try:
-            self.attempts.append(
-                _Attempt(poller_for(self.loop), upstream, packet, self.on_reply, ident)
-            )
+            self.attempts.append(_Attempt(self.poller, upstream, packet, self.on_reply, ident))
             return True
         except OSError as exc:
             log.debug("cannot send to %s: %s", upstream, exc)
@@ -326,17 +370,25 @@ class _Exchange:
     def cancel(self) -> None:
         """Stop without an answer: close the sockets, never call `done`."""
         self.over = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timer:
+            self.poller.cancel(self.timer)
+            self.timer = 0
         for a in self.attempts:
             a.close()
 
     def _finish(self) -> None:
         attempts = self.attempts
+        result = self.result
+        if result is not None and len(attempts) == 1 and not result[1].tc:
+            # The common case: one attempt, answered (and closed already).
+            self.over = True
+            if self.timer:
+                self.poller.cancel(self.timer)
+                self.timer = 0
+            self._deliver(result[:2])
+            return
         live = [a.upstream for a in attempts if not a.done]
         self.cancel()
-        result = self.result
         if result is None:
             for upstream in set(live):
                 upstream.failed()
@@ -382,6 +434,7 @@ class Forwarder:
         self.budget = budget
         self.timeouts = 0
         self.tasks: set[asyncio.Task] = set()
+        self._poller: _Poller | None = None
 
     def ordered(self) -> list[Upstream]:
         """Healthy upstreams in configured order, then the ones in backoff."""
@@ -409,7 +462,11 @@ class Forwarder:
         called before this returns (every send failed at once).
         """
         deadline = time.monotonic() + (self.budget if budget is None else budget)
-        ex = _Exchange(self, query, asyncio.get_running_loop(), done, deadline)
+        loop = asyncio.get_running_loop()
+        poller = self._poller
+        if poller is None or poller.loop is not loop:
+            poller = self._poller = poller_for(loop)
+        ex = _Exchange(self, query, poller, done, deadline)
         ex.step()
         return ex
 
