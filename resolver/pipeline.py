@@ -402,7 +402,10 @@ class Resolver:
         if self.inflight.get(q.key) is pending:
             del self.inflight[q.key]
         if result is not None:
-            self.cache.store(q, result[0], result[1])
+            try:
+                self.cache.store(q, result[0], result[1])
+            except Exception:  # noqa: BLE001 - the answer still goes out, uncached
+                log.exception("error caching the answer for %s", q.name)
         for req, sink, addr in pending.waiters:
             self.waiting -= 1
             try:

@@ -136,7 +136,13 @@ class _Poller:
         for fd, _events in self.epoll.poll(0, POLL_BATCH):
             attempt = get(fd)
             if attempt is not None:
-                attempt.on_reply(attempt)
+                exchange = attempt.exchange
+                try:
+                    exchange.on_reply(attempt)
+                except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                    log.exception("error reading an upstream answer")
+                    attempt.close()
+                    self.abort(exchange)
 
     def arm(self, exchange: _Exchange, delay: float) -> int:
         """Call exchange.step() in `delay` seconds, unless the ticket is cancelled first."""
@@ -150,6 +156,13 @@ class _Poller:
 
     def cancel(self, ticket: int) -> None:
         self.armed.pop(ticket, None)
+
+    @staticmethod
+    def abort(exchange: _Exchange | None) -> None:
+        """After an unexpected error: end the exchange with no answer rather than never."""
+        if exchange is not None and not exchange.over:
+            exchange.cancel()
+            exchange._deliver(None)
 
     def _wake_at(self, when: float) -> None:
         if self.wakeup is not None:
@@ -171,6 +184,7 @@ class _Poller:
                     exchange.step()
                 except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
                     log.exception("error in the retry timer of %s", exchange.query.name)
+                    self.abort(exchange)
         if due:
             self._wake_at(due[0][0])
 
@@ -188,13 +202,15 @@ def poller_for(loop: asyncio.AbstractEventLoop) -> _Poller:
 class _Attempt:
     """One UDP query on its own connected socket: a fresh source port the kernel picks."""
 
-    __slots__ = ("sock", "fd", "upstream", "ident", "sent", "poller", "done", "on_reply")
+    __slots__ = ("sock", "fd", "upstream", "ident", "sent", "poller", "done", "exchange")
 
-    def __init__(self, poller: _Poller, upstream: Upstream, packet: bytes, on_reply, ident: int):
+    def __init__(
+        self, poller: _Poller, upstream: Upstream, packet: bytes, exchange: _Exchange, ident: int
+    ):
         self.poller = poller
         self.upstream = upstream
         self.ident = ident
-        self.on_reply = on_reply
+        self.exchange = exchange
         self.done = False
         # The C-level socket, created non-blocking: one syscall, no Python wrapper.
         sock = _socket.socket(upstream.family, _UDP_NONBLOCK)
@@ -219,8 +235,8 @@ class _Attempt:
             if self.poller.attempts.get(self.fd) is self:
                 del self.poller.attempts[self.fd]
             self.sock.close()  # also leaves the epoll set
-            # on_reply is the exchange's bound method: a cycle left to the GC otherwise.
-            self.on_reply = None
+            # The exchange holds us too: a cycle left to the GC otherwise.
+            self.exchange = None
 
 
 class _Exchange:
@@ -326,7 +342,7 @@ class _Exchange:
         ident = new_id()
         packet = wire.upstream_query(self.query, ident)
         try:
-            self.attempts.append(_Attempt(self.poller, upstream, packet, self.on_reply, ident))
+            self.attempts.append(_Attempt(self.poller, upstream, packet, self, ident))
             return True
         except OSError as exc:
             log.debug("cannot send to %s: %s", upstream, exc)
@@ -420,6 +436,8 @@ class _Exchange:
     def _deliver(self, result: tuple[bytes, Answer] | None) -> None:
         # Dropped before the call: `done` may reference what references us (no cycle left).
         done, self.done = self.done, None
+        if done is None:
+            return  # delivered already
         try:
             done(result)
         except Exception:  # noqa: BLE001 - one query's fault must not stop the others
