@@ -47,11 +47,14 @@ SERVICES = [
 QTYPES = ("A", "AAAA", "HTTPS")
 
 
-def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
-    """n hits in [t0, t1) as browser bursts, written like the recorder writes them, and a
-    traffic row for every minute."""
-    with store.Store(path):  # the schema, by the migrations the server runs
-        pass
+INSERT_HITS = (
+    "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
+    "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def make_rows(n: int, t0: int, t1: int, seed: int = SEED) -> list[tuple]:
+    """n hit rows in [t0, t1) as browser bursts, in timestamp order as the recorder writes."""
     rng = random.Random(seed)
     rows: list[tuple] = []
     while len(rows) < n:
@@ -77,21 +80,42 @@ def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
                 )
             )
             t += rng.choice((0, 1, 30, 200, 290, 301, 400))
-    # The recorder writes in timestamp order, batch after batch.
     rows.sort(key=lambda r: r[0])
+    return rows
+
+
+def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
+    """n hits in [t0, t1), written like the recorder writes them, and a traffic row for
+    every minute."""
+    with store.Store(path):  # the schema, by the migrations the server runs
+        pass
+    rows = make_rows(n, t0, t1, seed)
     conn = store.connect(path)
     conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
-        "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    conn.executemany(INSERT_HITS, rows)
     conn.executemany(
         "INSERT INTO traffic (minute, queries, blocked) VALUES (?, ?, ?)",
         ((m, 2000, 0) for m in range(t0 - t0 % 60, t1, 60)),
     )
     conn.execute("COMMIT")
     conn.close()
+
+
+def time_recording(path: Path, rows: list[tuple], batch: int) -> tuple[float, float]:
+    """Wall and CPU seconds to write `rows` into a new database as the recorder's writer
+    thread does: its INSERT, one IMMEDIATE transaction per `batch` rows, the rollup
+    triggers of the schema included."""
+    with store.Store(path):
+        pass
+    conn = store.connect(path)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(rows), batch):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT_HITS, rows[i : i + batch])
+        conn.execute("COMMIT")
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    conn.close()
+    return wall, cpu
 
 
 def time_report(path: Path, start: datetime, end: datetime) -> tuple[float, float, dict]:
@@ -116,10 +140,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--db", type=Path, help="reuse (or create) this database file")
     parser.add_argument("--output", type=Path, help="also write the snippet to this file")
+    parser.add_argument(
+        "--record",
+        type=int,
+        metavar="BATCH",
+        help="instead: time writing the hits in transactions of BATCH rows (the recorder's "
+        "write path, rollup triggers included) into a new database",
+    )
     args = parser.parse_args()
 
     start, end = rpt.week_bounds(WEEK, TZ)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
+    if args.record:
+        rows = make_rows(args.hits, t0, t1)
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, cpu = time_recording(Path(tmp) / "record.db", rows, args.record)
+        load = os.getloadavg()
+        print(
+            f"Writing {len(rows):,} hits in transactions of {args.record:,} rows: "
+            f"{wall:.1f} s wall, {cpu:.1f} s CPU ({cpu / len(rows) * 1e6:.1f} µs per hit); "
+            f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
+        )
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "bench.db"
         gen = None

@@ -15,14 +15,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from resolver.errors import SinkholeError, StoreError
-from resolver.store import GRP_SQL, IDENT_SQL, ROLLUP_SECONDS, SVC_SQL
+from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
 
 SCHEMA_VERSION = 1
 #: Hits of one client for one service closer than this belong to one attempt: a browser
 #: asks A, AAAA and HTTPS at once and retries for a while.
 ATTEMPT_GAP_SECONDS = 300
-# The rollup's buckets must be exactly one gap wide for the rule in _query_report.
-assert ROLLUP_SECONDS == ATTEMPT_GAP_SECONDS
+# The buckets of `hits_attempts` must be exactly one gap wide for the rule it keeps
+# (store.py), and an hour of the rollups a whole number of them.
+assert ROLLUP_SECONDS == ATTEMPT_GAP_SECONDS and HOUR_SECONDS % ROLLUP_SECONDS == 0
 #: The longest period one report covers; the per-day CASE in SQL grows with it.
 MAX_PERIOD_DAYS = 400
 PRIVACY_MODES = ("ip", "hashed", "group", "none")
@@ -261,70 +262,157 @@ def _gaps(conn: sqlite3.Connection, start: int, end: int, zi: ZoneInfo) -> list[
     return [{"start": _iso(lo, zi), "end": _iso(hi, zi), "kind": kind} for lo, hi, kind in gaps]
 
 
-def _has_rollup(conn: sqlite3.Connection) -> bool:
-    # A database older than migration m002 has only the hits; the report still reads it.
+def _has_rollups(conn: sqlite3.Connection) -> bool:
+    # A database older than migration m003 has only the hits (and maybe the m002 rollup,
+    # which this code no longer reads); the report still reads it, from the hits alone.
     return (
         conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hits_5min'"
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hits_hour_client'"
         ).fetchone()
         is not None
     )
 
 
-def _sources(
-    conn: sqlite3.Connection, t0: int, t1: int, days: list[tuple[date, int, int]]
-) -> list[str]:
-    """SELECTs whose rows together are the parts of [t0, t1): (b, ident, svc, grp, day,
-    qname, category, blocked, first, last), one per 5-minute bucket, identity, service,
-    group, local day and name.
+class _Plan:
+    """Which part of [t0, t1) the report reads from the hour rollups and which from `hits`.
 
-    Whole buckets within one local day come from the rollup `hits_5min`; the bucket cut
-    by the start or end of the period and any bucket cut by a local midnight off the
-    5-minute grid come from the hits themselves. All bounds are integers we computed, so
-    inlining them is safe.
+    The rollups serve the hours [first, last): those that lie whole in [t0 + settled, t1).
+    The rest of the period, `raw`, is read from the hits. With `settled` (300 s), hours
+    less than 300 s after t0 are read from the hits: a lookup there may start an attempt
+    by the report's rule, which looks at the period only, where the stored rule saw a
+    lookup just before the period. `cut` are the hours of [first, last) with a local
+    midnight inside (zones 30 or 45 minutes off UTC, or any offset in the past): the
+    per-day sums read them from the hits and `hits_attempts`, the other sums do not
+    need the day.
     """
-    width = ATTEMPT_GAP_SECONDS
-    raw_cols = (
-        f"ts / {width} AS b, {IDENT_SQL.format(p='')} AS ident, {SVC_SQL.format(p='')} AS svc,"
-        f" {GRP_SQL.format(p='')} AS grp, {_day_case('ts', days)} AS day, qname,"
-        " MAX(category) AS category, SUM(count) AS blocked, MIN(ts) AS first, MAX(ts) AS last"
-    )
 
-    def raw(lo: int, hi: int) -> str:
-        return (
-            f"SELECT {raw_cols} FROM hits WHERE ts >= {lo} AND ts < {hi}"
-            " GROUP BY b, ident, svc, grp, day, qname"
-        )
+    def __init__(self, t0: int, t1: int, cuts: list[int], rollups: bool, settled: int = 0) -> None:
+        h = HOUR_SECONDS
+        self.first, self.last = -(-(t0 + settled) // h), t1 // h
+        if not rollups or self.first >= self.last:
+            self.first = self.last = 0
+            self.raw = [(t0, t1)]
+        else:
+            self.raw = [r for r in ((t0, self.first * h), (self.last * h, t1)) if r[0] < r[1]]
+        self.cut = sorted({c // h for c in cuts if c % h and self.first <= c // h < self.last})
 
-    b0 = -(-t0 // width)  # the first bucket that starts inside the period
-    b1 = t1 // width  # the first bucket that ends outside it
-    if b1 <= b0 or not _has_rollup(conn):
-        return [raw(t0, t1)]
-    split = sorted({lo // width for _, lo, _ in days[1:] if lo % width and b0 <= lo // width < b1})
-    skip = f" AND bucket NOT IN ({', '.join(map(str, split))})" if split else ""
-    sources = [
-        f"""SELECT bucket AS b, ident, svc, grp, {_day_case(f"bucket * {width}", days)} AS day,
-                   qname, category, blocked, first_ts AS first, last_ts AS last
-            FROM hits_5min WHERE bucket >= {b0} AND bucket < {b1}{skip}"""
-    ]
-    edges = [(t0, b0 * width), (b1 * width, t1)] + [(b * width, b * width + width) for b in split]
-    sources += [raw(lo, hi) for lo, hi in edges if lo < hi]
-    return sources
+    def hours(self, *, cut: bool = False) -> str:
+        """The WHERE condition on a rollup's `hour` for the hours it serves, without the
+        cut hours when `cut`."""
+        skip = ""
+        if cut and self.cut:
+            skip = f" AND hour NOT IN ({', '.join(map(str, self.cut))})"
+        return f"hour >= {self.first} AND hour < {self.last}{skip}"
 
 
-def _fill_parts(
+def _raw_sql(lo: int, hi: int, t0: int, days: list[tuple[date, int, int]]) -> str:
+    """The hits of [lo, hi) as (day, ident, svc, grp, cat, qname, blocked, attempts), the
+    attempts by the report's rule: a lookup starts one unless the same client looked up
+    the same service at most 300 s before, within the period (from t0). Ties in the same
+    second go to the hit written first, as in `hits_attempts`. All bounds are integers we
+    computed, so inlining them is safe."""
+    ctx = max(t0, lo - ATTEMPT_GAP_SECONDS)
+    return f"""SELECT day, ident, svc, grp, cat, qname, SUM(count), SUM(start) FROM (
+        SELECT ts, {_day_case("ts", days)} AS day, ident, svc, grp, cat, qname, count,
+               COALESCE(ts - LAG(ts) OVER (PARTITION BY ident, svc ORDER BY ts, id)
+                        > {ATTEMPT_GAP_SECONDS}, 1) AS start
+        FROM (SELECT id, ts, {key_sql("ident")} AS ident, {key_sql("svc")} AS svc,
+                     {key_sql("grp")} AS grp, {key_sql("cat")} AS cat, qname, count
+              FROM hits WHERE ts >= {ctx} AND ts < {hi}))
+    WHERE ts >= {lo} GROUP BY day, ident, svc, grp, cat, qname"""
+
+
+def _fill_sums(
     conn: sqlite3.Connection, t0: int, t1: int, days: list[tuple[date, int, int]]
 ) -> None:
-    """The temp table `part` of [t0, t1), keyed in the order the report groups it."""
-    for table in ("part", "step", "cell"):
+    """The temp tables the figures of [t0, t1) are read from, each a few thousand rows:
+    `dsum` (day, svc, grp, cat), `isum` (ident, svc, grp, cat) and `nsum` (qname, svc,
+    cat), with blocked queries and attempts (`nsum`: blocked, chatbot services only)."""
+    plan = _Plan(t0, t1, [lo for _, lo, _ in days[1:]], _has_rollups(conn), ATTEMPT_GAP_SECONDS)
+    for table in ("raw", "dsum", "isum", "nsum"):
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
     conn.execute(
-        """CREATE TEMP TABLE part (b INTEGER, ident TEXT, svc TEXT, grp TEXT, day INTEGER,
-             qname TEXT, category TEXT, blocked INTEGER, first INTEGER, last INTEGER,
-             PRIMARY KEY (b, ident, svc, grp, day, qname)) WITHOUT ROWID"""
+        """CREATE TEMP TABLE raw (day INTEGER, ident TEXT, svc TEXT, grp TEXT, cat TEXT,
+             qname TEXT, blocked INTEGER, attempts INTEGER)"""
     )
-    for source in _sources(conn, t0, t1, days):
-        conn.execute(f"INSERT INTO part {source}")
+    for lo, hi in plan.raw:
+        conn.execute(f"INSERT INTO raw {_raw_sql(lo, hi, t0, days)}")
+    tables = {
+        "dsum": ("day", "svc", "grp", "cat"),
+        "isum": ("ident", "svc", "grp", "cat"),
+        "nsum": ("qname", "svc", "cat"),
+    }
+    for table, cols in tables.items():
+        sums = "blocked INTEGER" + ("" if table == "nsum" else ", attempts INTEGER")
+        conn.execute(
+            f"CREATE TEMP TABLE {table} ({', '.join(cols)}, {sums}, "
+            f"PRIMARY KEY ({', '.join(cols)})) WITHOUT ROWID"
+        )
+    chat = f"cat IS NOT '{BYPASS_CATEGORY}'"
+    if plan.first < plan.last:
+        conn.execute(
+            f"""INSERT INTO dsum SELECT {_day_case(f"hour * {HOUR_SECONDS}", days)} AS day,
+                       svc, grp, cat, SUM(blocked), SUM(attempts)
+                FROM hits_hour WHERE {plan.hours(cut=True)} GROUP BY day, svc, grp, cat"""
+        )
+        conn.execute(
+            f"""INSERT INTO isum SELECT ident, svc, grp, cat, SUM(blocked), SUM(attempts)
+                FROM hits_hour_client WHERE {plan.hours()} GROUP BY ident, svc, grp, cat"""
+        )
+        conn.execute(
+            f"""INSERT INTO nsum SELECT qname, svc, cat, SUM(blocked) FROM hits_hour_name
+                WHERE {plan.hours()} AND {chat} GROUP BY qname, svc, cat"""
+        )
+    upsert = "ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked"
+    attempts = ", attempts = attempts + excluded.attempts"
+    for hour in plan.cut:
+        # An hour cut by a local midnight, for the per-day sums: blocked queries from the
+        # hits, attempts from `hits_attempts`, each on the day of its first lookup.
+        lo = hour * HOUR_SECONDS
+        per = HOUR_SECONDS // ROLLUP_SECONDS
+        keys = ", ".join(f"{key_sql(c)} AS {c}" for c in ("svc", "grp", "cat"))
+        conn.execute(
+            f"""INSERT INTO dsum SELECT {_day_case("ts", days)} AS day, {keys}, SUM(count), 0
+                FROM hits WHERE ts >= {lo} AND ts < {lo + HOUR_SECONDS}
+                GROUP BY day, svc, grp, cat {upsert}"""
+        )
+        conn.execute(
+            f"""INSERT INTO dsum SELECT {_day_case("first_ts", days)} AS day, svc, grp, cat,
+                       0, COUNT(*)
+                FROM hits_attempts WHERE bucket >= {hour * per} AND bucket < {hour * per + per}
+                 AND start GROUP BY day, svc, grp, cat {upsert}{attempts}"""
+        )
+    for table, cols in tables.items():
+        keys = ", ".join(cols)
+        if table == "nsum":
+            sums, update, where = "SUM(blocked)", "", chat
+        else:
+            sums, update, where = "SUM(blocked), SUM(attempts)", attempts, "true"
+        conn.execute(
+            f"""INSERT INTO {table} SELECT {keys}, {sums} FROM raw WHERE {where}
+                GROUP BY {keys} {upsert}{update}"""
+        )
+
+
+def _blocked_by_service(
+    conn: sqlite3.Connection, p0: int, t0: int
+) -> dict[str, tuple[str | None, int]]:
+    """Blocked queries of chatbot services in [p0, t0): {svc: (category, blocked)}."""
+    plan = _Plan(p0, t0, [], _has_rollups(conn))
+    parts = [
+        f"""SELECT {key_sql("svc")} AS svc, {key_sql("cat")} AS cat, count AS blocked
+            FROM hits WHERE ts >= {lo} AND ts < {hi}"""
+        for lo, hi in plan.raw
+    ]
+    if plan.first < plan.last:
+        parts.append(f"SELECT svc, cat, blocked FROM hits_hour WHERE {plan.hours()}")
+    return {
+        svc: (category, n)
+        for svc, category, n in conn.execute(
+            f"""SELECT svc, MAX(NULLIF(cat, '')), SUM(blocked) FROM ({" UNION ALL ".join(parts)})
+                WHERE cat IS NOT '{BYPASS_CATEGORY}' GROUP BY svc"""
+        )
+    }
 
 
 def build_report(
@@ -399,45 +487,26 @@ def _query_report(
     top: int,
     now: datetime,
 ) -> dict[str, Any]:
-    _fill_parts(conn, t0, t1, days)
-    # The gap rule needs no window function (SQLite materialises every partition): with
-    # buckets exactly as wide as the gap, only the earliest hit of a bucket can start an
-    # attempt (any later one is at most 299 s after it), and it does unless the previous
-    # bucket holds a hit at most 300 s before it; two buckets back is always further.
-    # The earliest part of a bucket (ties broken by group, day and name: a bucket splits
-    # only at a local midnight off the 5-minute grid, when a client changed group, or by
-    # name) carries the attempt. Read in `part` key order, both NOT EXISTS are seeks on a
-    # key prefix next to the row just read; grouping first would sort before seeking.
-    conn.execute(
-        f"""CREATE TEMP TABLE step AS
-        SELECT day, svc, category, grp, ident, blocked, first, last,
-               NOT EXISTS (SELECT 1 FROM part q
-                           WHERE q.b = p.b AND q.ident = p.ident AND q.svc = p.svc
-                             AND (q.first < p.first OR (q.first = p.first
-                                  AND (q.grp, q.day, q.qname) < (p.grp, p.day, p.qname))))
-               AND NOT EXISTS (SELECT 1 FROM part r
-                           WHERE r.b = p.b - 1 AND r.ident = p.ident AND r.svc = p.svc
-                             AND r.last >= p.first - {ATTEMPT_GAP_SECONDS}) AS start
-        FROM part p"""
-    )
-    conn.execute(
-        """CREATE TEMP TABLE cell AS
-        SELECT day, svc, MAX(category) AS category, grp,
-               CASE WHEN ident LIKE 'group:%' THEN NULL ELSE ident END AS client,
-               SUM(blocked) AS blocked, SUM(start) AS attempts, MIN(first) AS first,
-               MAX(last) AS last
-        FROM step GROUP BY day, svc, grp, ident"""
-    )
-    chat = f"category IS NOT '{BYPASS_CATEGORY}'"
+    _fill_sums(conn, t0, t1, days)
+    chat = f"cat IS NOT '{BYPASS_CATEGORY}'"
+    client = "CASE WHEN ident LIKE 'group:%' THEN NULL ELSE ident END"
     nullable = (lambda n: n) if clients_recorded else (lambda n: None)
 
-    blocked, attempts, n_clients, first, last, anonymous = conn.execute(
+    blocked, attempts, n_clients, anonymous = conn.execute(
         f"""SELECT COALESCE(SUM(blocked), 0), COALESCE(SUM(attempts), 0),
-                   COUNT(DISTINCT client), MIN(first), MAX(last),
-                   COALESCE(MAX(client IS NULL), 0)
-            FROM cell WHERE {chat}"""
+                   COUNT(DISTINCT {client}), COALESCE(MAX(ident LIKE 'group:%'), 0)
+            FROM isum WHERE {chat}"""
     ).fetchone()
     approximate = not clients_recorded or bool(anonymous)
+    # The first and last lookup, by the index on ts from either end of the period.
+    first, last = (
+        conn.execute(
+            f"""SELECT MIN(ts) FROM (SELECT ts FROM hits WHERE ts >= ? AND ts < ?
+                AND category IS NOT '{BYPASS_CATEGORY}' ORDER BY ts {order} LIMIT 1)""",
+            (t0, t1),
+        ).fetchone()[0]
+        for order in ("ASC", "DESC")
+    )
 
     queries_by_day = dict(
         conn.execute(
@@ -453,16 +522,12 @@ def _query_report(
     wall_start = datetime.fromtimestamp(t0, zi).replace(tzinfo=None)
     wall_end = datetime.fromtimestamp(t1, zi).replace(tzinfo=None)
     p0 = int((wall_start - (wall_end - wall_start)).replace(tzinfo=zi).timestamp())
-    previous: dict[str, int] = {}
-    for source in _sources(conn, p0, t0, [(days[0][0], p0, t0)]):
-        for svc, n in conn.execute(
-            f"SELECT svc, SUM(blocked) FROM ({source}) WHERE {chat} GROUP BY svc"
-        ):
-            previous[svc] = previous.get(svc, 0) + n
+    previous = _blocked_by_service(conn, p0, t0)
     services: dict[str, dict[str, Any]] = {}
     for svc, category, s_blocked, s_attempts, s_clients in conn.execute(
-        f"""SELECT svc, MAX(category), SUM(blocked), SUM(attempts), COUNT(DISTINCT client)
-            FROM cell WHERE {chat} GROUP BY svc"""
+        f"""SELECT svc, MAX(NULLIF(cat, '')), SUM(blocked), SUM(attempts),
+                   COUNT(DISTINCT {client})
+            FROM isum WHERE {chat} GROUP BY svc"""
     ):
         services[svc] = {
             "id": svc,
@@ -471,16 +536,11 @@ def _query_report(
             "blocked": s_blocked,
             "attempts": s_attempts,
             "clients": nullable(s_clients),
-            "previous_week": previous.get(svc, 0),
+            "previous_week": previous.get(svc, (None, 0))[1],
         }
     # A service blocked last week and not at all this week is news too.
-    for svc, p_blocked in previous.items():
+    for svc, (category, p_blocked) in previous.items():
         if svc not in services:
-            category = conn.execute(
-                "SELECT category FROM hits WHERE COALESCE(service, category, 'custom') = ? "
-                "AND ts >= ? AND ts < ? LIMIT 1",
-                (svc, p0, t0),
-            ).fetchone()[0]
             services[svc] = {
                 "id": svc,
                 "name": _service_name(svc, service_names),
@@ -494,7 +554,7 @@ def _query_report(
     per_day = {
         d: (b, a)
         for d, b, a in conn.execute(
-            f"SELECT day, SUM(blocked), SUM(attempts) FROM cell WHERE {chat} GROUP BY day"
+            f"SELECT day, SUM(blocked), SUM(attempts) FROM dsum WHERE {chat} GROUP BY day"
         )
     }
     day_rows = [
@@ -519,8 +579,8 @@ def _query_report(
                 "clients": nullable(0),
             }
     for grp, g_blocked, g_attempts, g_clients in conn.execute(
-        f"""SELECT grp, SUM(blocked), SUM(attempts), COUNT(DISTINCT client)
-            FROM cell WHERE {chat} GROUP BY grp"""
+        f"""SELECT grp, SUM(blocked), SUM(attempts), COUNT(DISTINCT {client})
+            FROM isum WHERE {chat} GROUP BY grp"""
     ):
         group_rows[grp] = {
             "group": grp,
@@ -534,9 +594,9 @@ def _query_report(
         top_clients = [
             {"client": c, "group": g, "blocked": b, "attempts": a}
             for c, g, b, a in conn.execute(
-                f"""SELECT client, MAX(grp), SUM(blocked) AS b, SUM(attempts) AS a FROM cell
-                    WHERE {chat} AND client IS NOT NULL GROUP BY client
-                    ORDER BY b DESC, a DESC, client LIMIT ?""",
+                f"""SELECT ident, MAX(grp), SUM(blocked) AS b, SUM(attempts) AS a FROM isum
+                    WHERE {chat} AND ident NOT LIKE 'group:%' GROUP BY ident
+                    ORDER BY b DESC, a DESC, ident LIMIT ?""",
                 (top,),
             )
         ]
@@ -544,8 +604,8 @@ def _query_report(
     top_names = [
         {"name": n, "service": s, "blocked": b}
         for n, s, b in conn.execute(
-            f"""SELECT qname, svc, SUM(blocked) AS b FROM part WHERE {chat}
-                GROUP BY qname, svc ORDER BY b DESC, qname LIMIT ?""",
+            """SELECT qname, svc, SUM(blocked) AS b FROM nsum
+               GROUP BY qname, svc ORDER BY b DESC, qname LIMIT ?""",
             (top,),
         )
     ]
@@ -559,8 +619,8 @@ def _query_report(
             "clients": nullable(c),
         }
         for svc, b, a, c in conn.execute(
-            f"""SELECT svc, SUM(blocked) AS b, SUM(attempts) AS a, COUNT(DISTINCT client)
-                FROM cell WHERE category = '{BYPASS_CATEGORY}' GROUP BY svc
+            f"""SELECT svc, SUM(blocked) AS b, SUM(attempts) AS a, COUNT(DISTINCT {client})
+                FROM isum WHERE cat = '{BYPASS_CATEGORY}' GROUP BY svc
                 ORDER BY b DESC, svc"""
         )
     ]
@@ -576,8 +636,8 @@ def _query_report(
             "attempts": a,
         }
         for d, svc, cat, grp, b, a in conn.execute(
-            """SELECT day, svc, MAX(category), grp, SUM(blocked), SUM(attempts) FROM cell
-               GROUP BY day, svc, grp ORDER BY day, svc, grp"""
+            """SELECT day, svc, MAX(NULLIF(cat, '')), grp, SUM(blocked), SUM(attempts)
+               FROM dsum GROUP BY day, svc, grp ORDER BY day, svc, grp"""
         )
     ]
 

@@ -26,7 +26,7 @@ from sqlite_utils.migrations import Migrations
 
 from resolver import report as rpt
 from resolver.errors import SinkholeError, StoreError
-from resolver.store import Store, m001_initial, migrate, purge_hits
+from resolver.store import Store, m001_initial, m002_hits_5min, migrate, purge_hits
 
 PARIS = "Europe/Paris"
 GROUPS = {"ai-lab": ["10.1.9.0/24"], "finance": ["10.2.0.0/16"]}
@@ -250,6 +250,69 @@ def ts_of(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp).timestamp())
 
 
+def expected_rollups(rows: list[tuple]) -> dict[str, set[tuple]]:
+    """Every table of migration m003 as it must be for these hits, in plain Python; rows of
+    (id, ts, client, client_group, qname, service, category, count) as `hits` holds them."""
+
+    def keys(row: tuple) -> tuple[str, str, str, str]:
+        _, _, client, group, _, service, category, _ = row
+        return (
+            client or f"group:{group or 'other'}",
+            service or category or "custom",
+            group or "other",
+            category or "",
+        )
+
+    # The rule hit by hit, over all the hits, in the order (ts, id).
+    order = sorted(rows, key=lambda r: (r[1], r[0]))
+    seen: dict[tuple[str, str], int] = {}
+    starts: set[int] = set()
+    for row in order:
+        ident, svc, _, _ = keys(row)
+        if (ident, svc) not in seen or row[1] - seen[(ident, svc)] > 300:
+            starts.add(row[0])
+        seen[(ident, svc)] = row[1]
+    buckets: dict[tuple, list[Any]] = {}
+    hour: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    client: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    name: dict[tuple, int] = defaultdict(int)
+    for row in order:
+        id_, ts, _, _, qname, _, _, count = row
+        ident, svc, grp, cat = keys(row)
+        key = (ts // 300, ident, svc)
+        if key in buckets:
+            buckets[key][1] = ts
+            assert id_ not in starts, "only the first lookup of a bucket can start an attempt"
+        else:
+            buckets[key] = [ts, ts, grp, cat, int(id_ in starts)]
+        for table, k in (
+            (hour, (ts // 3600, svc, grp, cat)),
+            (client, (ts // 3600, ident, svc, grp, cat)),
+        ):
+            table[k][0] += count
+            table[k][1] += id_ in starts
+        name[(ts // 3600, svc, cat, qname)] += count
+    return {
+        "hits_attempts": {(*k, *v) for k, v in buckets.items()},
+        "hits_hour": {(*k, *v) for k, v in hour.items()},
+        "hits_hour_client": {(*k, *v) for k, v in client.items()},
+        "hits_hour_name": {(*k, v) for k, v in name.items()},
+    }
+
+
+def assert_rollups_exact(db: Path) -> None:
+    """The rollups hold exactly what the hits in `db` make, row for row."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT id, ts, client, client_group, qname, service, category, count FROM hits"
+        ).fetchall()
+        for table, want in expected_rollups(rows).items():
+            assert set(conn.execute(f"SELECT * FROM {table}").fetchall()) == want, table
+    finally:
+        conn.close()
+
+
 # -- periods ---------------------------------------------------------------------------------
 
 
@@ -408,9 +471,13 @@ def test_rollup_and_hits_give_the_same_report(tmp_path: Path, tz: str, week: str
     since, until = start + timedelta(seconds=7), end - timedelta(seconds=301)
     before = [build(old, a, b, tz=tz) for a, b in ((start, end), (since, until))]
     Store(old).close()
-    rolled = sqlite3.connect(old).execute("SELECT SUM(blocked) FROM hits_5min").fetchone()
-    assert rolled == (sum(h[7] for h in hits),)
+    with sqlite3.connect(old) as conn:
+        for table in ("hits_hour", "hits_hour_client", "hits_hour_name"):
+            rolled = conn.execute(f"SELECT SUM(blocked) FROM {table}").fetchone()
+            assert rolled == (sum(h[7] for h in hits),)
+    conn.close()
     for db in (old, new):
+        assert_rollups_exact(db)
         assert [build(db, a, b, tz=tz) for a, b in ((start, end), (since, until))] == before
 
 
@@ -424,14 +491,14 @@ def test_purge_keeps_the_rollup_equal_to_the_hits_it_keeps(tmp_path: Path) -> No
     purge_hits(conn, cutoff)
     assert conn.execute("SELECT MIN(ts) FROM hits").fetchone()[0] >= cutoff - cutoff % 300
     by_hits = conn.execute(
-        "SELECT ts / 300, SUM(count), MIN(ts), MAX(ts) FROM hits GROUP BY 1 ORDER BY 1"
+        "SELECT ts / 3600, SUM(count) FROM hits GROUP BY 1 ORDER BY 1"
     ).fetchall()
     by_rollup = conn.execute(
-        "SELECT bucket, SUM(blocked), MIN(first_ts), MAX(last_ts) FROM hits_5min"
-        " GROUP BY 1 ORDER BY 1"
+        "SELECT hour, SUM(blocked) FROM hits_hour GROUP BY 1 ORDER BY 1"
     ).fetchall()
     conn.close()
     assert by_hits == by_rollup and by_hits
+    assert_rollups_exact(db)
 
 
 def test_dst_days_have_23_and_25_hours_of_traffic(tmp_path: Path) -> None:
@@ -982,3 +1049,305 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(set(rows)) > 50, "the screenshot is blank"
     # The bars' blue (#3b6ea8) is on screen, so the SVG was drawn, not just the text.
     assert any(b"\x3b\x6e\xa8" in row for row in rows)
+
+
+# -- the rollups of migration m003 -------------------------------------------------------------
+
+
+def make_m002_db(path: Path) -> Path:
+    """An empty database as sinkhole created it with the 5-minute rollup (schema 2)."""
+    steps = Migrations("sinkhole")
+    steps()(m001_initial)
+    steps()(m002_hits_5min)
+    db = sqlite_utils.Database(path)
+    migrate(db, steps)
+    db.close()
+    return path
+
+
+def assert_matches_the_count(report: dict[str, Any], hits: list[Hit], t0: int, t1: int) -> None:
+    """Every figure of `report` against the independent count of `hits`."""
+    tz = report["period"]["timezone"]
+    exp = expected_report(hits, t0, t1, tz)
+    # Hits without an address (privacy mode group, or none) are not a client: the
+    # independent count above counts them as one, so count the clients again here.
+    inside = [h for h in hits if t0 <= h[0] < t1]
+
+    def n_clients(rows: list[Hit]) -> int:
+        return len({h[1] for h in rows if h[1] is not None})
+
+    chat = [h for h in inside if h[6] != "bypass"]
+    exp["clients"] = n_clients(chat)
+    for table, of, rows in (
+        ("services", lambda h: svc_key(h[5], h[6]), chat),
+        ("groups", lambda h: h[2] or "other", chat),
+        ("bypass", lambda h: svc_key(h[5], h[6]), [h for h in inside if h[6] == "bypass"]),
+    ):
+        for k, v in exp[table].items():
+            exp[table][k] = (*v[:2], n_clients([h for h in rows if of(h) == k]), *v[3:])
+    exp["clients_table"].pop(None, None)
+    totals = report["totals"]
+    assert (totals["blocked"], totals["attempts"], totals["clients"]) == (
+        exp["blocked"],
+        exp["attempts"],
+        exp["clients"],
+    )
+    for day in report["days"]:
+        assert (day["blocked"], day["attempts"]) == exp["days"].get(day["date"], (0, 0))
+    assert {d["date"] for d in report["days"]} >= set(exp["days"])
+    assert {
+        s["id"]: (s["blocked"], s["attempts"], s["clients"], s["previous_week"])
+        for s in report["services"]
+    } == exp["services"]
+    assert {
+        g["group"]: (g["blocked"], g["attempts"], g["clients"])
+        for g in report["groups"]
+        if g["blocked"]
+    } == exp["groups"]
+    assert {b["id"]: (b["blocked"], b["attempts"], b["clients"]) for b in report["bypass"]} == exp[
+        "bypass"
+    ]
+    want_clients = sorted(
+        exp["clients_table"].items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0])
+    )
+    assert [(c["client"], c["blocked"], c["attempts"]) for c in report["top_clients"]] == [
+        (k, v[0], v[1]) for k, v in want_clients[:10]
+    ]
+    want_names = sorted(exp["names"].items(), key=lambda kv: (-kv[1], kv[0][0]))[:10]
+    assert [(n["name"], n["service"], n["blocked"]) for n in report["top_names"]] == [
+        (k[0], k[1], v) for k, v in want_names
+    ]
+    first, last = report["first_attempt"], report["last_attempt"]
+    assert (first and ts_of(first), last and ts_of(last)) == (exp["first"], exp["last"])
+    assert sum(r["blocked"] for r in report["breakdown"]) == sum(h[7] for h in inside)
+    assert sum(r["attempts"] for r in report["breakdown"]) == len(count_attempt_starts(inside))
+
+
+@pytest.mark.parametrize(
+    ("tz", "week"),
+    [(PARIS, "2026-W13"), (PARIS, "2026-W44"), ("Asia/Kathmandu", "2026-W12")],
+)
+def test_m002_database_backfills_to_the_report_of_fresh_writes(
+    tmp_path: Path, tz: str, week: str
+) -> None:
+    start, end = rpt.week_bounds(week, tz)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    old, new = make_m002_db(tmp_path / "m002.db"), make_db(tmp_path / "new.db")
+    hits = generate_hits(old, 3000, t0 - 8 * 86400, t1 + 86400, seed=t0 + 2)
+    insert_hits(new, hits)
+    with sqlite3.connect(old) as conn:
+        traffic = conn.execute("SELECT minute, queries, recorder_lag FROM traffic").fetchall()
+    conn.close()
+    insert_traffic(new, traffic)
+    periods = ((start, end), (start + timedelta(seconds=7), end - timedelta(seconds=301)))
+    # Not migrated yet (a report run before the server restarted): read from the hits.
+    before = [build(old, a, b, tz=tz) for a, b in periods]
+    Store(old).close()
+    assert [m for (m,) in sqlite3.connect(old).execute("SELECT name FROM _sqlite_migrations")] == [
+        "m001_initial",
+        "m002_hits_5min",
+        "m003_attempts_and_hourly_rollups",
+    ]
+    assert not sqlite_utils.Database(old)["hits_5min"].exists()
+    for db in (old, new):
+        assert_rollups_exact(db)
+        assert [build(db, a, b, tz=tz) for a, b in periods] == before
+    assert_matches_the_count(before[0], hits, t0, t1)
+
+
+def test_late_hits_move_and_end_attempts(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0 = int(start.timestamp())
+    b = t0 + 86400  # a bucket boundary (t0 is a local midnight on the hour)
+
+    def hit(ts: int, group: str = "ai-lab", client: str = "10.1.9.7") -> Hit:
+        return (ts, client, group, "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1)
+
+    hits: list[Hit] = []
+
+    def write(*new: Hit) -> dict[str, Any]:
+        insert_hits(db, list(new))
+        hits.extend(new)
+        assert_rollups_exact(db)
+        report = build(db, start, end)
+        assert_matches_the_count(report, hits, t0, int(end.timestamp()))
+        return report
+
+    assert write(hit(b + 100))["totals"]["attempts"] == 1
+    # Late, in the bucket before and 301 s earlier: an attempt of its own.
+    assert write(hit(b - 201))["totals"]["attempts"] == 2
+    # Late, 1 s after that one and 300 s before the first: one attempt from b - 201 on,
+    # so the first bucket's lookup no longer starts one.
+    assert write(hit(b - 200))["totals"]["attempts"] == 1
+    starts = sqlite3.connect(db).execute(
+        "SELECT bucket * 300, first_ts, start FROM hits_attempts ORDER BY bucket"
+    )
+    assert starts.fetchall() == [(b - 300, b - 201, 1), (b, b + 100, 0)]
+    # Late and earlier in the same bucket, from another group: the attempt moves to it.
+    report = write(hit(b - 290, group="finance"))
+    assert {g["group"]: g["attempts"] for g in report["groups"]} == {
+        "finance": 1,
+        "ai-lab": 0,
+        "other": 0,
+    }
+    # Same second as the first lookup, written later: the first one written keeps it.
+    report = write(hit(b - 290, group="ai-lab"))
+    assert {g["group"]: g["attempts"] for g in report["groups"]}["finance"] == 1
+    # Exactly 300 s after the last lookup in the next bucket: the same attempt.
+    assert write(hit(b + 400))["totals"]["attempts"] == 1
+    assert write(hit(b + 701))["totals"]["attempts"] == 2
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    hits=st.lists(
+        st.tuples(
+            st.integers(0, 2400),  # seconds: some 8 buckets, 300 s apart or not
+            st.integers(0, len(CLIENTS) - 1),
+            st.sampled_from([0, 3, 4, 6]),  # two chatbots, a custom rule, a bypass service
+            st.integers(1, 3),
+            st.booleans(),  # no client recorded (privacy mode group)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    order=st.randoms(use_true_random=False),
+    batch=st.integers(1, 8),
+)
+def test_rollups_are_exact_whatever_order_hits_come_in(
+    tmp_path_factory: pytest.TempPathFactory,
+    hits: list[tuple[int, int, int, int, bool]],
+    order: random.Random,
+    batch: int,
+) -> None:
+    # The recorder writes buffered hits after newer ones when the database was down.
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    base = t0 + 86400 - 1200  # across a local midnight and an hour
+    rows: list[Hit] = [
+        (
+            base + o,
+            None if anonymous else CLIENTS[c][0],
+            CLIENTS[c][1],
+            SERVICES[s][2],
+            "A",
+            SERVICES[s][0],
+            SERVICES[s][1],
+            n,
+        )
+        for o, c, s, n, anonymous in hits
+    ]
+    order.shuffle(rows)
+    db = make_db(tmp_path_factory.mktemp("o") / "s.db")
+    for i in range(0, len(rows), batch):
+        insert_hits(db, rows[i : i + batch])
+    assert_rollups_exact(db)
+    for a, b in ((t0, t1), (base + 7, t1), (base + 700, base + 2000)):
+        assert_matches_the_count(
+            build(db, datetime.fromtimestamp(a, UTC), datetime.fromtimestamp(b, UTC)), rows, a, b
+        )
+
+
+def test_an_attempt_begun_before_the_period_counts_once_in_it(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    gpt = ("chatgpt.com", "A", "openai-chatgpt", "ai-chatbots", 1)
+    # One attempt by the stored rule, from 250 s before the week to 550 s into it.
+    hits: list[Hit] = [(t0 + d, "10.1.9.7", "ai-lab", *gpt) for d in (-250, -1, 200, 450, 550)]
+    # And one before the week that ends just before it.
+    hits += [(t0 + d, "10.1.9.8", "ai-lab", *gpt) for d in (-400, -301)]
+    hits += [(t0 + d, "10.1.9.8", "ai-lab", *gpt) for d in (0, 299, 1000)]
+    insert_hits(db, hits)
+    report = build(db, start, end)
+    assert (report["totals"]["blocked"], report["totals"]["attempts"]) == (6, 3)
+    assert_matches_the_count(report, hits, t0, t1)
+    # Periods that start anywhere around those lookups, on the grid and off it.
+    for d in (-250, -1, 1, 150, 200, 201, 299, 300, 301, 449, 451, 600, 3599, 3600):
+        a = t0 + d
+        assert_matches_the_count(build(db, datetime.fromtimestamp(a, UTC), end), hits, a, t1)
+
+
+@pytest.mark.parametrize(
+    ("tz", "week"),
+    [
+        ("Asia/Kathmandu", "2026-W12"),  # +05:45: every local midnight at 18:15 UTC
+        ("Asia/Kolkata", "2026-W01"),  # +05:30, a week across the new year
+        ("Australia/Lord_Howe", "2026-W14"),  # DST of 30 minutes ends on 2026-04-05
+        ("Pacific/Chatham", "2026-W14"),  # +13:45 to +12:45 on 2026-04-05
+        (PARIS, "2026-W13"),  # spring forward
+        (PARIS, "2026-W43"),  # fall back
+    ],
+)
+def test_hits_at_local_midnights_and_week_bounds(tmp_path: Path, tz: str, week: str) -> None:
+    start, end = rpt.week_bounds(week, tz)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    midnights = [lo for _, lo, _ in rpt._day_bounds(t0, t1, ZoneInfo(tz))] + [t1]
+    rng = random.Random(t0)
+    hits: list[Hit] = []
+    for m in midnights:
+        for d in (-601, -301, -300, -1, 0, 1, 299, 300, 301, 599, 3599, 3600):
+            client, group = rng.choice(CLIENTS)
+            service, category, qname = rng.choice(SERVICES)
+            hits.append((m + d, client, group, qname, "A", service, category, rng.randint(1, 3)))
+    rng.shuffle(hits)
+    db = make_db(tmp_path / "s.db")
+    insert_hits(db, hits)
+    assert_rollups_exact(db)
+    report = build(db, start, end, tz=tz)
+    assert len(report["days"]) == 7
+    assert_matches_the_count(report, hits, t0, t1)
+    # And a period that starts and ends off the hour.
+    a, b = t0 + 1234, t1 - 4321
+    assert_matches_the_count(
+        build(db, datetime.fromtimestamp(a, UTC), datetime.fromtimestamp(b, UTC), tz=tz),
+        hits,
+        a,
+        b,
+    )
+
+
+class _CheckedCommits:
+    """A connection that checks the rollups against the hits after every COMMIT."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn, self.path, self.commits = conn, path, 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cur = self.conn.execute(sql, *args)
+        if sql == "COMMIT":
+            self.commits += 1
+            assert_rollups_exact(self.path)
+        return cur
+
+
+def test_every_purge_batch_leaves_the_rollups_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("resolver.store.PURGE_BATCH_ROWS", 300)
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    hits = generate_hits(db, 3000, t0 - 86400, t1, seed=5)
+    conn = sqlite3.connect(db, isolation_level=None)
+    checked = _CheckedCommits(conn, db)
+    cutoff = t0 + 2 * 86400 + 3 * 3600 + 123  # inside an hour and a bucket
+    n = purge_hits(checked, cutoff)  # type: ignore[arg-type]
+    conn.close()
+    kept = [h for h in hits if h[0] >= cutoff - cutoff % 300]
+    assert n == len(hits) - len(kept) and checked.commits > 3
+    # Lookups just after the cut-off now start the attempts that began before it.
+    for a in (t0, cutoff - cutoff % 300, cutoff - cutoff % 3600):
+        assert_matches_the_count(build(db, datetime.fromtimestamp(a, UTC), end), kept, a, t1)
+    # Hits written later than the purge, even older than its cut-off, are rolled up too.
+    late = [(cutoff - 5000, "10.1.9.7", "ai-lab", "claude.ai", "A", "anthropic-claude",
+             "ai-chatbots", 1)]  # fmt: skip
+    insert_hits(db, late)
+    assert_rollups_exact(db)

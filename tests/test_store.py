@@ -24,9 +24,11 @@ from resolver.store import (
     Store,
     m001_initial,
     m002_hits_5min,
+    m003_attempts_and_hourly_rollups,
     migrate,
     schema_version,
 )
+from tests.test_report import assert_rollups_exact
 
 CHATGPT = Rule("ai-chatbots", "openai-chatgpt", "ChatGPT (OpenAI)")
 CLAUDE = Rule("ai-chatbots", "anthropic-claude", "Claude (Anthropic)")
@@ -119,17 +121,19 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
     assert rows(path, "SELECT name FROM _sqlite_migrations") == [
         ("m001_initial",),
         ("m002_hits_5min",),
+        ("m003_attempts_and_hourly_rollups",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def _two_step() -> Migrations:
+def _one_more() -> Migrations:
     steps = Migrations("sinkhole")
     steps()(m001_initial)
     steps()(m002_hits_5min)
+    steps()(m003_attempts_and_hourly_rollups)
 
     @steps()
-    def m003_hits_note(db: sqlite_utils.Database) -> None:
+    def m004_hits_note(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE hits ADD COLUMN note TEXT")
 
     return steps
@@ -140,27 +144,28 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _two_step()) == 3
-        assert schema_version(db_) == 3
+        assert migrate(db_, _one_more()) == 4
+        assert schema_version(db_) == 4
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _two_step()) == 3
+        assert migrate(db_, _one_more()) == 4
     finally:
         db_.close()
-    # This code knows two migrations: a newer database is refused, not rewritten.
+    # This code knows three migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("3",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("4",)]
 
 
 def test_failed_migration_changes_nothing(db):
     steps = Migrations("sinkhole")
     steps()(m001_initial)
     steps()(m002_hits_5min)
+    steps()(m003_attempts_and_hourly_rollups)
 
     @steps()
-    def m003_broken(db: sqlite_utils.Database) -> None:
+    def m004_broken(db: sqlite_utils.Database) -> None:
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("bug in a migration")
 
@@ -169,8 +174,8 @@ def test_failed_migration_changes_nothing(db):
         with pytest.raises(RuntimeError):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 2
-        assert [m.name for m in steps.pending(db_)] == ["m003_broken"]
+        assert schema_version(db_) == 3
+        assert [m.name for m in steps.pending(db_)] == ["m004_broken"]
     finally:
         db_.close()
 
@@ -255,6 +260,57 @@ def test_full_buffer_coalesces_per_minute_and_totals_stay_exact(db):
     assert len(per_name) == 500 and {n for _, n in per_name} == {2}
     coarse = rows(db, "SELECT COUNT(*) FROM hits WHERE ts % 60 = 0")[0][0]
     assert coarse >= 490  # all but the first few were kept per minute
+
+
+class _Clock:
+    """resolver.store's `time`, with a wall clock the test sets."""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_hits_written_late_after_a_fault_keep_the_rollups_exact(db, monkeypatch):
+    # Two workers, one of which could not write for a while: its hits reach the database
+    # after newer ones, and the attempt rule must be applied as if they had come in order.
+    boundary = 1_800_000_000 - 1_800_000_000 % 3600  # an hour and a 5-minute boundary
+    clock = _Clock(boundary - 50)
+    monkeypatch.setattr("resolver.store.time", clock)
+    late, live = Recorder(str(db)), Recorder(str(db))
+    with Lock(db):
+        for _ in range(3):
+            hit(late, "10.1.9.7")  # three lookups in one second: one row, count 3
+        hit(late, "10.1.9.8", "claude.ai")
+        assert not late.flush()
+    assert late.fault and late.backlog == 4
+    for delay, client in ((60, "10.1.9.7"), (400, "10.1.9.7"), (100, "10.1.9.8")):
+        clock.now = boundary - 50 + delay
+        hit(live, client, "claude.ai" if client == "10.1.9.8" else "chatgpt.com")
+        assert live.flush()
+    # 10.1.9.7 at +10 s and +350 s (340 s apart), 10.1.9.8 at +50 s.
+    assert rows(db, "SELECT SUM(attempts) FROM hits_hour") == [(3,)]
+    assert late.flush()  # 50 s before the boundary, after hits of 10 s and 350 s past it
+    assert rows(db, "SELECT ts, count FROM hits WHERE client = '10.1.9.7' ORDER BY id") == [
+        (boundary + 10, 1),
+        (boundary + 350, 1),
+        (boundary - 50, 3),
+    ]
+    # The late lookups start the attempts their neighbours 60 s and 100 s later had
+    # started, and the one 340 s after the first neighbour still starts another.
+    assert rows(
+        db, "SELECT ident, SUM(blocked), SUM(attempts) FROM hits_hour_client GROUP BY ident"
+    ) == [("10.1.9.7", 5, 2), ("10.1.9.8", 2, 1)]
+    assert_rollups_exact(db)
+    # The retention purge of the recorders keeps them exact too.
+    with Store(db) as store:
+        assert store.purge(boundary + 300) == 4
+    assert_rollups_exact(db)
+    assert rows(db, "SELECT SUM(blocked), SUM(attempts) FROM hits_hour") == [(1, 1)]
 
 
 def test_traffic_counters_are_written_per_minute(db):
