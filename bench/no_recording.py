@@ -1,0 +1,21 @@
+"""`sinkhole serve` with hit recording stubbed out: the benchmark's baseline for its cost.
+
+Not a shipped switch, and never one: every blocked query an office's server
+answers is recorded. The bench runs this beside the real server to measure
+what recording costs on the blocked path (issue 6's "at most 10%"). Only
+`Recorder.hit`, the per-query part, becomes a no-op; the writer thread and the
+traffic counters still run.
+"""
+
+from resolver import store
+from resolver.cli import main
+
+
+def _no_hit(self, *args, **kwargs) -> None:  # noqa: ANN001 - same signature as Recorder.hit
+    return None
+
+
+store.Recorder.hit = _no_hit  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main()
