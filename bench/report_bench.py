@@ -47,10 +47,7 @@ SERVICES = [
 QTYPES = ("A", "AAAA", "HTTPS")
 
 
-INSERT_HITS = (
-    "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
-    "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+INSERT_HITS = store.INSERT_HITS
 
 
 def make_rows(n: int, t0: int, t1: int, seed: int = SEED) -> list[tuple]:
@@ -101,17 +98,23 @@ def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
     conn.close()
 
 
-def time_recording(path: Path, rows: list[tuple], batch: int) -> tuple[float, float]:
+def time_recording(
+    path: Path, rows: list[tuple], batch: int, per_row: bool = False
+) -> tuple[float, float]:
     """Wall and CPU seconds to write `rows` into a new database as the recorder's writer
-    thread does: its INSERT, one IMMEDIATE transaction per `batch` rows, the rollup
-    triggers of the schema included."""
+    thread does: `store.write_hits` (the INSERT, and the rollups key by key), one
+    IMMEDIATE transaction per `batch` rows. With `per_row`, a bare INSERT instead, as any
+    other writer's, which the rollup trigger on `hits` follows hit by hit."""
     with store.Store(path):
         pass
     conn = store.connect(path)
     w0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), batch):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT_HITS, rows[i : i + batch])
+        if per_row:
+            conn.executemany(INSERT_HITS, rows[i : i + batch])
+        else:
+            store.write_hits(conn, rows[i : i + batch])
         conn.execute("COMMIT")
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     conn.close()
@@ -145,7 +148,19 @@ def main() -> None:
         type=int,
         metavar="BATCH",
         help="instead: time writing the hits in transactions of BATCH rows (the recorder's "
-        "write path, rollup triggers included) into a new database",
+        "write path, rollups included) into a new database",
+    )
+    parser.add_argument(
+        "--per-row",
+        action="store_true",
+        help="with --record: a bare INSERT and the per-hit rollup trigger, as other writers",
+    )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        metavar="ROWS",
+        help="with --record: the same hits, ROWS to a second (their timestamps moved "
+        "closer), as a flood of blocked queries makes them",
     )
     args = parser.parse_args()
 
@@ -153,11 +168,16 @@ def main() -> None:
     t0, t1 = int(start.timestamp()), int(end.timestamp())
     if args.record:
         rows = make_rows(args.hits, t0, t1)
+        if args.rate:
+            rows = [(t0 + i // args.rate, *r[1:]) for i, r in enumerate(rows)]
         with tempfile.TemporaryDirectory() as tmp:
-            wall, cpu = time_recording(Path(tmp) / "record.db", rows, args.record)
+            wall, cpu = time_recording(Path(tmp) / "record.db", rows, args.record, args.per_row)
         load = os.getloadavg()
+        how = "a bare INSERT (per-hit trigger)" if args.per_row else "store.write_hits"
+        rate = f", {args.rate:,} a second" if args.rate else ""
         print(
-            f"Writing {len(rows):,} hits in transactions of {args.record:,} rows: "
+            f"Writing {len(rows):,} hits{rate} with {how} in transactions of {args.record:,} "
+            "rows: "
             f"{wall:.1f} s wall, {cpu:.1f} s CPU ({cpu / len(rows) * 1e6:.1f} µs per hit); "
             f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
         )

@@ -217,6 +217,60 @@ def _attempt_sql(table: str, sign: str, row: str) -> str:
     )
 
 
+#: While this key is in `settings`, the per-hit trigger on `hits` does nothing. Only the
+#: recorder's write transaction adds it, and takes it out again before it commits: see
+#: `write_hits`.
+ROLLUP_BY_BATCH = "rollup_by_batch"
+#: The statements that add hits to the m003 rollups, by name, and the values each adds
+#: (`count`: the sum of `count`; `first`, `last`: the first and last second).
+ROLLUP_PARAMS = {
+    "hits_hour": ("hour", "svc", "grp", "cat", "count"),
+    "hits_hour_client": ("hour", "ident", "svc", "grp", "cat", "count"),
+    "hits_hour_name": ("hour", "svc", "cat", "qname", "count"),
+    "hits_attempts": ("bucket", "ident", "svc", "first", "last", "grp", "cat"),
+    "next_bucket": ("bucket", "ident", "svc", "last"),
+}
+#: Those values for one hit, in the trigger on `hits`.
+NEW_VALUES = {
+    **{c: key_sql(c, "NEW.") for c in ("bucket", "hour", "ident", "svc", "grp", "cat", "qname")},
+    "count": "NEW.count",
+    "first": "NEW.ts",
+    "last": "NEW.ts",
+}
+
+
+def _rollup_sql(name: str, v: dict[str, str]) -> str:
+    """The statement `name` of ROLLUP_PARAMS, adding the values `v` (SQL expressions): of
+    one hit in the trigger on `hits`, or parameters bound by `write_hits` to the sums of
+    the hits of a batch that share a key."""
+    if name in HIT_ROLLUPS:
+        cols = [*HIT_ROLLUPS[name], "blocked"] + (["attempts"] if name != "hits_hour_name" else [])
+        vals = [v[c] for c in ROLLUP_PARAMS[name]] + (["0"] if name != "hits_hour_name" else [])
+        return (
+            f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join(vals)}) "
+            "ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked"
+        )
+    gap = ROLLUP_SECONDS
+    if name == "hits_attempts":
+        # The rule against the bucket before as it is now; a first lookup that moves
+        # earlier takes over the start, attributed to its group and category.
+        return f"""INSERT INTO hits_attempts VALUES ({v["bucket"]}, {v["ident"]}, {v["svc"]},
+                {v["first"]}, {v["last"]}, {v["grp"]}, {v["cat"]},
+                NOT EXISTS (SELECT 1 FROM hits_attempts WHERE bucket = {v["bucket"]} - 1
+                            AND ident = {v["ident"]} AND svc = {v["svc"]}
+                            AND last_ts >= {v["first"]} - {gap}))
+            ON CONFLICT DO UPDATE SET
+                last_ts = MAX(last_ts, excluded.last_ts),
+                grp = iif(excluded.first_ts < first_ts, excluded.grp, grp),
+                cat = iif(excluded.first_ts < first_ts, excluded.cat, cat),
+                start = iif(excluded.first_ts < first_ts, excluded.start, start),
+                first_ts = MIN(first_ts, excluded.first_ts)"""
+    # A late hit at most 300 s before the next bucket's first lookup ends its attempt.
+    return f"""UPDATE hits_attempts SET start = 0
+            WHERE bucket = {v["bucket"]} + 1 AND ident = {v["ident"]} AND svc = {v["svc"]}
+              AND start AND first_ts <= {v["last"]} + {gap}"""
+
+
 @migrations()
 def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
     # The report over a week of a million hits still read one `hits_5min` row per
@@ -233,10 +287,11 @@ def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
     # is less than 300 s after it), and it does unless the bucket before holds a lookup
     # at most 300 s earlier: `start`, attributed to that lookup's group and category.
     # A hit that arrives late (buffered during a fault) may become its bucket's first
-    # lookup, and may end the next bucket's attempt: the trigger does both; triggers on
-    # `hits_attempts` keep the `attempts` of the hour rollups equal to its starts.
-    # Same-second ties go to the hit written first, as ORDER BY ts, id would.
-    new = {c: key_sql(c, "NEW.") for c in ("bucket", "hour", "ident", "svc", "grp", "cat")}
+    # lookup, and may end the next bucket's attempt: the trigger on `hits` does both;
+    # triggers on `hits_attempts` keep the `attempts` of the hour rollups equal to its
+    # starts. Same-second ties go to the hit written first, as ORDER BY ts, id would.
+    # The recorder runs the trigger's statements once per key of its batch instead
+    # (`write_hits`): per hit, they cost it three times what m002's trigger did.
     gap = ROLLUP_SECONDS
     statements = [
         "DROP TRIGGER hits_5min_add",
@@ -315,31 +370,11 @@ def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
             GROUP BY {keys}"""
         )
     statements += [
-        f"""CREATE TRIGGER hits_rollup_add AFTER INSERT ON hits BEGIN
-            INSERT INTO hits_hour VALUES ({new["hour"]}, {new["svc"]}, {new["grp"]},
-                {new["cat"]}, NEW.count, 0)
-            ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked;
-            INSERT INTO hits_hour_client VALUES ({new["hour"]}, {new["ident"]}, {new["svc"]},
-                {new["grp"]}, {new["cat"]}, NEW.count, 0)
-            ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked;
-            INSERT INTO hits_hour_name VALUES ({new["hour"]}, {new["svc"]}, {new["cat"]},
-                NEW.qname, NEW.count)
-            ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked;
-            INSERT INTO hits_attempts VALUES ({new["bucket"]}, {new["ident"]}, {new["svc"]},
-                NEW.ts, NEW.ts, {new["grp"]}, {new["cat"]},
-                NOT EXISTS (SELECT 1 FROM hits_attempts WHERE bucket = {new["bucket"]} - 1
-                            AND ident = {new["ident"]} AND svc = {new["svc"]}
-                            AND last_ts >= NEW.ts - {gap}))
-            ON CONFLICT DO UPDATE SET
-                last_ts = MAX(last_ts, excluded.last_ts),
-                grp = iif(excluded.first_ts < first_ts, excluded.grp, grp),
-                cat = iif(excluded.first_ts < first_ts, excluded.cat, cat),
-                start = iif(excluded.first_ts < first_ts, excluded.start, start),
-                first_ts = MIN(first_ts, excluded.first_ts);
-            -- A late hit at most 300 s before the next bucket's first lookup ends its attempt.
-            UPDATE hits_attempts SET start = 0
-            WHERE bucket = {new["bucket"]} + 1 AND ident = {new["ident"]}
-              AND svc = {new["svc"]} AND start AND first_ts <= NEW.ts + {gap};
+        # Per hit, for whoever inserts hits but the recorder, which applies the same
+        # statements once per key of its batch while ROLLUP_BY_BATCH is set: `write_hits`.
+        f"""CREATE TRIGGER hits_rollup_add AFTER INSERT ON hits
+        WHEN NOT EXISTS (SELECT 1 FROM settings WHERE key = '{ROLLUP_BY_BATCH}') BEGIN
+            {";".join(_rollup_sql(name, NEW_VALUES) for name in ROLLUP_PARAMS)};
         END""",
         f"""CREATE TRIGGER hits_attempts_add AFTER INSERT ON hits_attempts WHEN NEW.start
         BEGIN
@@ -362,6 +397,79 @@ def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+INSERT_HITS = (
+    "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
+    "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: ROLLUP_PARAMS's statements with their values as parameters, for `write_hits`.
+BATCH_SQL = {
+    name: _rollup_sql(name, {c: f"?{i}" for i, c in enumerate(params, 1)})
+    for name, params in ROLLUP_PARAMS.items()
+}
+
+
+def write_hits(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert hit rows (ts, client, client_group, qname, qtype, service, category, rule,
+    action, count) and add them to the rollups, in the caller's write transaction.
+
+    The recorder's write. The rollups come out as the trigger on `hits` makes them hit by
+    hit, but its statements run once per key of the batch, with the sum of `count` and
+    the first and last second of the hits that share it, instead of once per hit: a
+    flood of lookups makes a few keys a second but for the names. The trigger is off
+    meanwhile: the `settings` row that says so is never committed, so no other
+    connection sees it, and a crash rolls it back with the hits. `ts` must be an int.
+    """
+    if not conn.in_transaction:
+        raise RuntimeError("write_hits needs a write transaction")
+    if not rows:
+        return
+    hour: dict[tuple, int] = {}
+    client: dict[tuple, int] = {}
+    name: dict[tuple, int] = {}
+    attempts: dict[tuple, list] = {}
+    for ts, ip, group, qname, _, service, category, _, _, n in rows:
+        # The keys as key_sql makes them.
+        if ts < 0:  # SQL's / truncates toward zero, Python's // floors
+            hr, bucket = -(-ts // HOUR_SECONDS), -(-ts // ROLLUP_SECONDS)
+        else:
+            hr, bucket = ts // HOUR_SECONDS, ts // ROLLUP_SECONDS
+        grp = "other" if group is None else group
+        ident = "group:" + grp if ip is None else ip
+        svc = service if service is not None else "custom" if category is None else category
+        cat = "" if category is None else category
+        key = (hr, svc, grp, cat)
+        hour[key] = hour.get(key, 0) + n
+        key = (hr, ident, svc, grp, cat)
+        client[key] = client.get(key, 0) + n
+        key = (hr, svc, cat, qname)
+        name[key] = name.get(key, 0) + n
+        key = (bucket, ident, svc)
+        a = attempts.get(key)
+        if a is None:
+            attempts[key] = [ts, ts, grp, cat]
+        elif ts < a[0]:  # a tie goes to the hit written first, as to the lowest id
+            a[0], a[2], a[3] = ts, grp, cat
+        elif ts > a[1]:
+            a[1] = ts
+    # The last bucket with hits before this batch: no bucket after it has a row to end.
+    (last,) = conn.execute(f"SELECT MAX(ts) / {ROLLUP_SECONDS} FROM hits").fetchone()
+    conn.execute("INSERT OR REPLACE INTO settings VALUES (?, 'on')", (ROLLUP_BY_BATCH,))
+    conn.executemany(INSERT_HITS, rows)
+    conn.execute("DELETE FROM settings WHERE key = ?", (ROLLUP_BY_BATCH,))
+    for table, sums in (
+        ("hits_hour", hour),
+        ("hits_hour_client", client),
+        ("hits_hour_name", name),
+    ):
+        conn.executemany(BATCH_SQL[table], [(*k, n) for k, n in sums.items()])
+    # Bucket after bucket, so that each sees the batch's hits of the bucket before; then
+    # the rows already there in the bucket after one of the batch (a late hit's).
+    groups = sorted(attempts.items())
+    conn.executemany(BATCH_SQL["hits_attempts"], [(*k, *a) for k, a in groups])
+    if last is not None:
+        conn.executemany(BATCH_SQL["next_bucket"], [(*k, a[1]) for k, a in groups if k[0] < last])
 
 
 #: The number of migrations this code knows; kept in settings as `schema_version`.
@@ -1086,11 +1194,7 @@ class Recorder:
             for (ts, client, *rest), n in self.buffer.items():
                 key = (ts, *pseudo(client), *rest)
                 rows[key] = rows.get(key, 0) + n
-            conn.executemany(
-                "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, "
-                "rule, action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*k, n) for k, n in rows.items()],
-            )
+            write_hits(conn, [(*k, n) for k, n in rows.items()])
         for minute, c in self._pending_traffic.items():
             conn.execute(
                 "INSERT INTO traffic (minute, queries, blocked, forwarded, cached, failed, "

@@ -10,12 +10,14 @@ import shutil
 import sqlite3
 import struct
 import subprocess
+import time
 import zlib
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -26,7 +28,19 @@ from sqlite_utils.migrations import Migrations
 
 from resolver import report as rpt
 from resolver.errors import SinkholeError, StoreError
-from resolver.store import Store, m001_initial, m002_hits_5min, migrate, purge_hits
+from resolver.policy import Rule
+from resolver.store import (
+    HIT_ROLLUPS,
+    ROLLUP_BY_BATCH,
+    Recorder,
+    Store,
+    connect,
+    m001_initial,
+    m002_hits_5min,
+    migrate,
+    purge_hits,
+    write_hits,
+)
 
 PARIS = "Europe/Paris"
 GROUPS = {"ai-lab": ["10.1.9.0/24"], "finance": ["10.2.0.0/16"]}
@@ -108,6 +122,21 @@ def insert_hits(path: Path, hits: list[Hit]) -> None:
     conn.close()
 
 
+def record_hits(path: Path, hits: list[Hit]) -> None:
+    """The same rows written as the recorder writes a batch: `write_hits`, in one write
+    transaction, which rolls them up key by key with the per-hit trigger off."""
+    conn = connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    write_hits(conn, [(ts, c, g, q, t, s, cat, q, "null", n) for ts, c, g, q, t, s, cat, n in hits])
+    conn.execute("COMMIT")
+    conn.close()
+
+
+#: The two ways hits reach the rollups: a plain INSERT, which the trigger on `hits`
+#: follows hit by hit (tests, imports, an administrator's tools), and the recorder's.
+WRITERS = {"trigger": insert_hits, "recorder": record_hits}
+
+
 def insert_traffic(path: Path, rows: list[tuple[int, int, int]]) -> None:
     """Rows of (minute, queries, recorder_lag)."""
     conn = sqlite3.connect(path)
@@ -118,9 +147,12 @@ def insert_traffic(path: Path, rows: list[tuple[int, int, int]]) -> None:
     conn.close()
 
 
-def generate_hits(db_path: Path, n: int, start: int, end: int, seed: int) -> list[Hit]:
+def generate_hits(
+    db_path: Path, n: int, start: int, end: int, seed: int, writer: str = "trigger"
+) -> list[Hit]:
     """Insert n hits in [start, end) as bursts of a browser's lookups, plus a traffic row
-    with 10 queries for every minute; return the hits for independent counting."""
+    with 10 queries for every minute; return the hits for independent counting. With
+    writer "recorder", the hits are written as the recorder writes, 500 to a batch."""
     rng = random.Random(seed)
     hits: list[Hit] = []
     while len(hits) < n:
@@ -144,13 +176,17 @@ def generate_hits(db_path: Path, n: int, start: int, end: int, seed: int) -> lis
                 )
             )
             t += rng.choice((0, 1, 30, 200, 290, 301, 400))
+    if writer == "recorder":
+        for i in range(0, len(hits), 500):
+            record_hits(db_path, hits[i : i + 500])
     conn = sqlite3.connect(db_path)
     with conn:
-        conn.executemany(
-            "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule,"
-            " action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'null', ?)",
-            ((ts, c, g, q, t, s, cat, q, k) for ts, c, g, q, t, s, cat, k in hits),
-        )
+        if writer == "trigger":
+            conn.executemany(
+                "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category,"
+                " rule, action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'null', ?)",
+                ((ts, c, g, q, t, s, cat, q, k) for ts, c, g, q, t, s, cat, k in hits),
+            )
         conn.executemany(
             "INSERT OR IGNORE INTO traffic (minute, queries) VALUES (?, 10)",
             ((m,) for m in range(start - start % 60, end, 60)),
@@ -379,19 +415,24 @@ def test_parse_range_reads_dates_times_and_durations() -> None:
         ("Africa/Monrovia", "1970-W10"),  # -0:44:30: midnights off the 5-minute grid
     ],
 )
-def test_every_figure_matches_an_independent_count(tmp_path: Path, tz: str, week: str) -> None:
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_figure_matches_an_independent_count(
+    tmp_path: Path, tz: str, week: str, writer: str
+) -> None:
     start, end = rpt.week_bounds(week, tz)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
     db = make_db(tmp_path / "s.db")
     # Two weeks before to two days after, so hits sit on both sides of every boundary.
-    hits = generate_hits(db, 4000, t0 - 14 * 86400, t1 + 2 * 86400, seed=len(week) + t0)
+    hits = generate_hits(
+        db, 4000, t0 - 14 * 86400, t1 + 2 * 86400, seed=len(week) + t0, writer=writer
+    )
     # And hits one second either side of each bound, where an off-by-one would show.
     edge = [
         (b + d, "10.9.9.9", None, "claude.ai", "A", "anthropic-claude", "ai-chatbots", 1)
         for b in (t0, t1)
         for d in (-1, 0)
     ]
-    insert_hits(db, edge)
+    WRITERS[writer](db, edge)
     hits += edge
     report = build(db, start, end, tz=tz)
     exp = expected_report(hits, t0, t1, tz)
@@ -525,8 +566,9 @@ def test_dst_days_have_23_and_25_hours_of_traffic(tmp_path: Path) -> None:
         max_size=40,
     )
 )
+@pytest.mark.parametrize("writer", WRITERS)
 def test_attempts_and_days_match_the_rule_for_any_hits(
-    tmp_path_factory: pytest.TempPathFactory, offsets: list[tuple[int, int, int]]
+    tmp_path_factory: pytest.TempPathFactory, offsets: list[tuple[int, int, int]], writer: str
 ) -> None:
     db = make_db(tmp_path_factory.mktemp("h") / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
@@ -544,7 +586,7 @@ def test_attempts_and_days_match_the_rule_for_any_hits(
         )
         for o, c, s in offsets
     ]
-    insert_hits(db, hits)
+    WRITERS[writer](db, hits)
     report = build(db, start, end)
     exp = expected_report(hits, t0, int(end.timestamp()), PARIS)
     assert report["totals"]["attempts"] == exp["attempts"]
@@ -1155,7 +1197,8 @@ def test_m002_database_backfills_to_the_report_of_fresh_writes(
     assert_matches_the_count(before[0], hits, t0, t1)
 
 
-def test_late_hits_move_and_end_attempts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", WRITERS)
+def test_late_hits_move_and_end_attempts(tmp_path: Path, writer: str) -> None:
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
     t0 = int(start.timestamp())
@@ -1167,7 +1210,7 @@ def test_late_hits_move_and_end_attempts(tmp_path: Path) -> None:
     hits: list[Hit] = []
 
     def write(*new: Hit) -> dict[str, Any]:
-        insert_hits(db, list(new))
+        WRITERS[writer](db, list(new))
         hits.extend(new)
         assert_rollups_exact(db)
         report = build(db, start, end)
@@ -1217,11 +1260,13 @@ def test_late_hits_move_and_end_attempts(tmp_path: Path) -> None:
     order=st.randoms(use_true_random=False),
     batch=st.integers(1, 8),
 )
+@pytest.mark.parametrize("writer", WRITERS)
 def test_rollups_are_exact_whatever_order_hits_come_in(
     tmp_path_factory: pytest.TempPathFactory,
     hits: list[tuple[int, int, int, int, bool]],
     order: random.Random,
     batch: int,
+    writer: str,
 ) -> None:
     # The recorder writes buffered hits after newer ones when the database was down.
     start, end = rpt.week_bounds("2026-W13", PARIS)
@@ -1243,7 +1288,7 @@ def test_rollups_are_exact_whatever_order_hits_come_in(
     order.shuffle(rows)
     db = make_db(tmp_path_factory.mktemp("o") / "s.db")
     for i in range(0, len(rows), batch):
-        insert_hits(db, rows[i : i + batch])
+        WRITERS[writer](db, rows[i : i + batch])
     assert_rollups_exact(db)
     for a, b in ((t0, t1), (base + 7, t1), (base + 700, base + 2000)):
         assert_matches_the_count(
@@ -1282,7 +1327,10 @@ def test_an_attempt_begun_before_the_period_counts_once_in_it(tmp_path: Path) ->
         (PARIS, "2026-W43"),  # fall back
     ],
 )
-def test_hits_at_local_midnights_and_week_bounds(tmp_path: Path, tz: str, week: str) -> None:
+@pytest.mark.parametrize("writer", WRITERS)
+def test_hits_at_local_midnights_and_week_bounds(
+    tmp_path: Path, tz: str, week: str, writer: str
+) -> None:
     start, end = rpt.week_bounds(week, tz)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
     midnights = [lo for _, lo, _ in rpt._day_bounds(t0, t1, ZoneInfo(tz))] + [t1]
@@ -1295,7 +1343,8 @@ def test_hits_at_local_midnights_and_week_bounds(tmp_path: Path, tz: str, week: 
             hits.append((m + d, client, group, qname, "A", service, category, rng.randint(1, 3)))
     rng.shuffle(hits)
     db = make_db(tmp_path / "s.db")
-    insert_hits(db, hits)
+    for i in range(0, len(hits), 25):  # out of order, across batches
+        WRITERS[writer](db, hits[i : i + 25])
     assert_rollups_exact(db)
     report = build(db, start, end, tz=tz)
     assert len(report["days"]) == 7
@@ -1351,3 +1400,138 @@ def test_every_purge_batch_leaves_the_rollups_exact(
              "ai-chatbots", 1)]  # fmt: skip
     insert_hits(db, late)
     assert_rollups_exact(db)
+
+
+class _Clock:
+    """resolver.store's `time`, with a wall clock the test sets."""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def rollup_tables(db: Path) -> dict[str, list[tuple]]:
+    """`hits` and every table of migration m003, row for row, in key order."""
+    with sqlite3.connect(db) as conn:
+        tables = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+                  for t in ("hits", "hits_attempts", *HIT_ROLLUPS)}  # fmt: skip
+    conn.close()
+    return tables
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.booleans(),  # written by a server in privacy mode group: no client
+            st.lists(
+                st.tuples(
+                    # Seconds over some 8 buckets and 2 hours, often on a boundary, or
+                    # 300 s from one, or the second of another hit.
+                    st.integers(0, 2400) | st.sampled_from([0, 299, 300, 599, 600, 899, 1800]),
+                    st.integers(0, len(CLIENTS) - 1),
+                    st.sampled_from([0, 2, 4, 5, 6]),  # chatbots, custom, a list, bypass
+                    st.sampled_from(QTYPES),
+                    st.integers(1, 3),
+                ),
+                min_size=1,
+                max_size=12,
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_recorder_and_trigger_make_identical_rollups(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[bool, list[tuple[int, int, int, str, int]]]],
+) -> None:
+    # Hits counted by real Recorders (two servers on one database, one of them keeping no
+    # client addresses) and written in batches that come in any order, across buckets and
+    # hours; then the very same rows, in the same order and batches, inserted as any other
+    # writer would, the trigger following them hit by hit.
+    tmp = tmp_path_factory.mktemp("w")
+    recorded, inserted = make_db(tmp / "recorder.db"), make_db(tmp / "trigger.db")
+    group_of = dict(CLIENTS).get
+    clock = _Clock()
+    base = int(rpt.week_bounds("2026-W13", PARIS)[0].timestamp()) + 86400 - 1200
+    servers = {
+        anonymous: Recorder(
+            str(recorded), privacy="group" if anonymous else "ip", group_of=group_of
+        )
+        for anonymous in (False, True)
+    }
+    with patch("resolver.store.time", clock):
+        for anonymous, hits in batches:
+            rec = servers[anonymous]
+            for offset, c, s, qtype, count in hits:
+                clock.now = base + offset
+                service, category, qname = SERVICES[s]
+                for _ in range(count):
+                    rec.hit(CLIENTS[c][0], qname, qtype, Rule(category, service), qname, "null")
+            written = len(rollup_tables(recorded)["hits"])
+            assert rec.flush()
+            # The rows of this batch, as the recorder wrote them, into the other database.
+            rows = rollup_tables(recorded)["hits"][written:]
+            assert rows
+            with sqlite3.connect(inserted) as conn:
+                conn.executemany(f"INSERT INTO hits VALUES ({', '.join('?' * 11)})", rows)
+            conn.close()
+    assert rollup_tables(recorded) == rollup_tables(inserted)
+    assert_rollups_exact(recorded)
+    # The recorder's switch is never committed: the trigger still follows other writers.
+    with sqlite3.connect(recorded) as conn:
+        assert (
+            conn.execute("SELECT * FROM settings WHERE key = ?", (ROLLUP_BY_BATCH,)).fetchall()
+            == []
+        )
+    conn.close()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2400) | st.sampled_from([0, 299, 300, 599, 600, 899, 1800]),
+                st.integers(0, 2),  # a client, or none recorded
+                st.sampled_from(["ai-lab", "finance", None]),  # its group, which may change
+                st.sampled_from([0, 4, 5, 6]),  # a chatbot, custom, a list, bypass
+                st.integers(1, 3),
+            ),
+            min_size=1,
+            max_size=10,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_write_hits_and_trigger_make_identical_rollups(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[tuple[int, int, str | None, int, int]]],
+) -> None:
+    # Fewer keys, so that batches often hold hits of one client and service a second or a
+    # bucket apart, in either order; and a client that changes group within a batch, so
+    # that a tie in the first second of a bucket decides the group of its attempt.
+    tmp = tmp_path_factory.mktemp("b")
+    dbs = {writer: make_db(tmp / f"{writer}.db") for writer in WRITERS}
+    base = int(rpt.week_bounds("2026-W13", PARIS)[0].timestamp()) + 86400 - 1200
+    clients = ["10.1.9.7", "10.2.3.4", None]
+    for hits in batches:
+        rows: list[Hit] = [
+            (base + o, clients[c], g, SERVICES[s][2], "A", SERVICES[s][0], SERVICES[s][1], n)
+            for o, c, g, s, n in hits
+        ]
+        for writer, db in dbs.items():
+            WRITERS[writer](db, rows)
+    assert rollup_tables(dbs["recorder"]) == rollup_tables(dbs["trigger"])
+    assert_rollups_exact(dbs["recorder"])

@@ -18,15 +18,18 @@ from sqlite_utils.migrations import Migrations
 from resolver.errors import StoreError
 from resolver.policy import Rule
 from resolver.store import (
+    ROLLUP_BY_BATCH,
     SCHEMA_VERSION,
     Pseudonymizer,
     Recorder,
     Store,
+    connect,
     m001_initial,
     m002_hits_5min,
     m003_attempts_and_hourly_rollups,
     migrate,
     schema_version,
+    write_hits,
 )
 from tests.test_report import assert_rollups_exact
 
@@ -311,6 +314,35 @@ def test_hits_written_late_after_a_fault_keep_the_rollups_exact(db, monkeypatch)
         assert store.purge(boundary + 300) == 4
     assert_rollups_exact(db)
     assert rows(db, "SELECT SUM(blocked), SUM(attempts) FROM hits_hour") == [(1, 1)]
+
+
+def test_the_recorders_trigger_switch_never_leaves_its_transaction(db):
+    # While the recorder writes a batch, the per-hit trigger is off for its connection:
+    # a settings row that no other connection sees, and that a failure takes back.
+    row = (1_800_000_000, "10.1.9.7", "ai-lab", "chatgpt.com", "A", "openai-chatgpt",
+           "ai-chatbots", "chatgpt.com", "null", 2)  # fmt: skip
+    conn = connect(db)
+    with pytest.raises(RuntimeError, match="transaction"):
+        write_hits(conn, [row])  # in autocommit the row would be committed
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.IntegrityError):
+        write_hits(conn, [row, (*row[:3], None, *row[4:])])  # a hit without a name
+    switch = "SELECT * FROM settings WHERE key = ?"
+    assert conn.execute(switch, (ROLLUP_BY_BATCH,)).fetchall() != []
+    assert rows(db, switch, (ROLLUP_BY_BATCH,)) == []  # another connection: not there
+    conn.execute("ROLLBACK")
+    assert conn.execute(switch, (ROLLUP_BY_BATCH,)).fetchall() == []
+    conn.close()
+    assert total(db) == 0
+    # The next writer's hits, the recorder's or not, are rolled up.
+    with sqlite3.connect(db) as other:
+        other.execute(f"INSERT INTO hits VALUES (NULL, {', '.join('?' * 10)})", row)
+    other.close()
+    rec = Recorder(str(db))
+    hit(rec, "10.1.9.7")
+    assert rec.flush()
+    assert rows(db, "SELECT SUM(blocked), SUM(attempts) FROM hits_hour") == [(3, 2)]
+    assert_rollups_exact(db)
 
 
 def test_traffic_counters_are_written_per_minute(db):
