@@ -80,7 +80,7 @@ def make_db(path: Path) -> Path:
              client_group TEXT, qname TEXT NOT NULL, qtype TEXT NOT NULL, service TEXT,
              category TEXT, rule TEXT NOT NULL, action TEXT NOT NULL,
              count INTEGER NOT NULL DEFAULT 1);
-           CREATE INDEX hits_ts ON hits(ts); CREATE INDEX hits_service_ts ON hits(service, ts);
+           CREATE INDEX hits_ts ON hits(ts);
            CREATE TABLE traffic (minute INTEGER PRIMARY KEY,
              queries INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
              forwarded INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0,
