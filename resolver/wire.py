@@ -335,49 +335,62 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     ):
         raise WireError("answer for another question")
     a = Answer()
-    a.rcode = flags & 0xF
+    a.rcode = rcode = flags & 0xF
     a.tc = bool(flags & TC)
-    a.question_end = 12 + qlen
-    pos = a.question_end
+    a.question_end = pos = qend
+    offsets = a.ttl_offsets
+    cnames = a.cnames
+    end = len(wire)
+    unpack_rr = RR_FIXED.unpack_from
     min_ttl = None
     soa_min = None
     for section, count in ((0, ancount), (1, nscount), (2, arcount)):
         for _ in range(count):
             name_start = pos
-            pos = skip_name(wire, pos)
-            if pos + 10 > len(wire):
+            # Most owners are a pointer (0xC00C: the name asked): two bytes, no walk.
+            if pos < end and wire[pos] & 0xC0 == 0xC0:
+                pos += 2
+            else:
+                pos = skip_name(wire, pos)
+            if pos + 10 > end:
                 raise WireError("record truncated")
-            rtype, _rclass, ttl, rdlen = RR_FIXED.unpack_from(wire, pos)
+            rtype, _rclass, ttl, rdlen = unpack_rr(wire, pos)
             rdata = pos + 10
-            if rdata + rdlen > len(wire):
+            if rdata + rdlen > end:
                 raise WireError("record truncated")
-            if rtype != QType.OPT:
-                a.ttl_offsets.append(pos + 4)
+            if rtype != _OPT:
+                offsets.append(pos + 4)
                 if ttl & 0x80000000:
                     ttl = 0  # RFC 2181 8: a TTL with the top bit set is zero
                 if min_ttl is None or ttl < min_ttl:
                     min_ttl = ttl
-                if section == 0 and rtype == QType.CNAME:
-                    a.cnames.append(read_name(wire, rdata)[0])
-                elif section == 0 and rtype != QType.RRSIG:
-                    # Most owners are a pointer to the question (0xC00C): the name asked,
-                    # nothing to decode or check.
-                    if wire[name_start] != 0xC0 or wire[name_start + 1] != 12:
+                if section == 0:
+                    if rtype == _CNAME:
+                        cnames.append(read_name(wire, rdata)[0])
+                    elif rtype != _RRSIG and (
+                        wire[name_start] != 0xC0 or wire[name_start + 1] != 12
+                    ):
+                        # An owner other than the question's: a name to check as well.
                         owner = read_name(wire, name_start)[0]
-                        if owner != query.name and owner not in a.cnames:
-                            a.cnames.append(owner)
-                elif section == 1 and rtype == QType.SOA:
+                        if owner != query.name and owner not in cnames:
+                            cnames.append(owner)
+                elif section == 1 and rtype == _SOA:
                     mname_end = skip_name(wire, rdata)
                     rname_end = skip_name(wire, mname_end)
                     if rname_end + 20 <= rdata + rdlen:
                         soa_min = min(ttl, U32.unpack_from(wire, rname_end + 16)[0])
             pos = rdata + rdlen
-    a.negative = a.rcode == Rcode.NXDOMAIN or (a.rcode == Rcode.NOERROR and ancount == 0)
-    if a.negative:
+    a.negative = negative = rcode == _NXDOMAIN or (rcode == _NOERROR and ancount == 0)
+    if negative:
         a.ttl = soa_min if soa_min is not None else -1
     else:
         a.ttl = min_ttl if min_ttl is not None else 0
     return a
+
+
+# Plain ints for the scan's inner loop: comparing with an IntEnum member costs more.
+_OPT, _CNAME, _RRSIG, _SOA = int(QType.OPT), int(QType.CNAME), int(QType.RRSIG), int(QType.SOA)
+_NOERROR, _NXDOMAIN = int(Rcode.NOERROR), int(Rcode.NXDOMAIN)
 
 
 def upstream_query(query: Query, ident: int) -> bytes:
