@@ -404,6 +404,23 @@ def test_parse_range_reads_dates_times_and_durations() -> None:
 # -- figures against the independent count ---------------------------------------------------
 
 
+def assert_tops_match(report: dict[str, Any], exp: dict[str, Any]) -> None:
+    """Bypass, top clients and top names against the independent count."""
+    assert {b["id"]: (b["blocked"], b["attempts"], b["clients"]) for b in report["bypass"]} == exp[
+        "bypass"
+    ]
+    want_clients = sorted(
+        exp["clients_table"].items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0])
+    )
+    assert [(c["client"], c["blocked"], c["attempts"]) for c in report["top_clients"]] == [
+        (k, v[0], v[1]) for k, v in want_clients[:10]
+    ]
+    want_names = sorted(exp["names"].items(), key=lambda kv: (-kv[1], kv[0][0]))[:10]
+    assert [(n["name"], n["service"], n["blocked"]) for n in report["top_names"]] == [
+        (k[0], k[1], v) for k, v in want_names
+    ]
+
+
 @pytest.mark.parametrize(
     ("tz", "week"),
     [
@@ -472,19 +489,7 @@ def test_every_figure_matches_an_independent_count(
     assert {
         g["group"]: (g["blocked"], g["attempts"], g["clients"]) for g in report["groups"]
     } == zero_groups | exp["groups"]
-    assert {b["id"]: (b["blocked"], b["attempts"], b["clients"]) for b in report["bypass"]} == exp[
-        "bypass"
-    ]
-    want_clients = sorted(
-        exp["clients_table"].items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0])
-    )
-    assert [(c["client"], c["blocked"], c["attempts"]) for c in report["top_clients"]] == [
-        (k, v[0], v[1]) for k, v in want_clients[:10]
-    ]
-    want_names = sorted(exp["names"].items(), key=lambda kv: (-kv[1], kv[0][0]))[:10]
-    assert [(n["name"], n["service"], n["blocked"]) for n in report["top_names"]] == [
-        (k[0], k[1], v) for k, v in want_names
-    ]
+    assert_tops_match(report, exp)
     assert ts_of(report["first_attempt"]) == exp["first"]
     assert ts_of(report["last_attempt"]) == exp["last"]
     # The CSV cross-tab adds up to the same totals, bypass included.
@@ -1146,19 +1151,7 @@ def assert_matches_the_count(report: dict[str, Any], hits: list[Hit], t0: int, t
         for g in report["groups"]
         if g["blocked"]
     } == exp["groups"]
-    assert {b["id"]: (b["blocked"], b["attempts"], b["clients"]) for b in report["bypass"]} == exp[
-        "bypass"
-    ]
-    want_clients = sorted(
-        exp["clients_table"].items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0])
-    )
-    assert [(c["client"], c["blocked"], c["attempts"]) for c in report["top_clients"]] == [
-        (k, v[0], v[1]) for k, v in want_clients[:10]
-    ]
-    want_names = sorted(exp["names"].items(), key=lambda kv: (-kv[1], kv[0][0]))[:10]
-    assert [(n["name"], n["service"], n["blocked"]) for n in report["top_names"]] == [
-        (k[0], k[1], v) for k, v in want_names
-    ]
+    assert_tops_match(report, exp)
     first, last = report["first_attempt"], report["last_attempt"]
     assert (first and ts_of(first), last and ts_of(last)) == (exp["first"], exp["last"])
     assert sum(r["blocked"] for r in report["breakdown"]) == sum(h[7] for h in inside)
