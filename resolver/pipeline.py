@@ -366,7 +366,17 @@ class Resolver:
         if q.key in self.inflight or len(self.inflight) >= self.max_inflight:
             return
         pending = self.inflight[q.key] = _Pending(self, q)
-        pending.exchange = self.forwarder.start(q, pending.finished)
+        self._start(pending)
+
+    def _start(self, pending: _Pending) -> None:
+        try:
+            exchange = self.forwarder.start(pending.query, pending.finished)
+        except Exception:  # noqa: BLE001 - the question must not stay in flight forever
+            log.exception("error forwarding %s", pending.query.name)
+            self._fetched(pending, None)
+            return
+        if self.inflight.get(pending.query.key) is pending:
+            pending.exchange = exchange
 
     def forward_to(self, req: Request, sink: Sink, addr: Any) -> None:
         """Ask upstream; `sink.send(answer, addr)` gets the answer (maybe before this returns).
@@ -385,7 +395,7 @@ class Resolver:
             pending = self.inflight[q.key] = _Pending(self, q)
             pending.waiters.append((req, sink, addr))
             self.waiting += 1
-            pending.exchange = self.forwarder.start(q, pending.finished)
+            self._start(pending)
         else:
             pending.waiters.append((req, sink, addr))
             self.waiting += 1
@@ -406,7 +416,9 @@ class Resolver:
                 self.cache.store(q, result[0], result[1])
             except Exception:  # noqa: BLE001 - the answer still goes out, uncached
                 log.exception("error caching the answer for %s", q.name)
-        for req, sink, addr in pending.waiters:
+        # Taken, not read: an exchange that fails and then answers anyway delivers once.
+        waiters, pending.waiters = pending.waiters, []
+        for req, sink, addr in waiters:
             self.waiting -= 1
             try:
                 out = self._answer(req, result)
