@@ -397,10 +397,7 @@ class _Exchange:
         result = self.result
         if result is not None and len(attempts) == 1 and not result[1].tc:
             # The common case: one attempt, answered (and closed already).
-            self.over = True
-            if self.timer:
-                self.poller.cancel(self.timer)
-                self.timer = 0
+            self.cancel()
             self._deliver(result[:2])
             return
         live = [a.upstream for a in attempts if not a.done]
