@@ -608,9 +608,8 @@ def prepare(workdir: Path, zone_names: int, runs: int, pin: bool) -> tuple[Setup
 # --------------------------------------------------------------------------- servers under test
 
 
-#: The row of the server with hit recording stubbed out, and the Variant.extra key for it.
+#: The row of the server with hit recording stubbed out.
 NO_RECORDING = "sinkhole (no recording)"
-NO_RECORDING_KEY = "_bench_no_recording"
 
 
 @dataclass
@@ -622,6 +621,8 @@ class Variant:
     scenarios: tuple[str, ...]
     extra: dict[str, object] = field(default_factory=dict)
     note: str = ""
+    #: sinkhole only: what `python` runs before `serve --config CONF`
+    launcher: tuple[str, ...] = ("-m", "resolver")
 
 
 VARIANTS = [
@@ -632,8 +633,8 @@ VARIANTS = [
         "sinkhole",
         NO_RECORDING,
         ("blocked",),
-        {NO_RECORDING_KEY: True},
         note="Recorder.hit stubbed out (bench/no_recording.py): the baseline for recording cost",
+        launcher=(str(BENCH_DIR / "no_recording.py"),),
     ),
     Variant("dnsmasq", "dnsmasq", SCENARIO_NAMES),
     Variant("unbound", "unbound", SCENARIO_NAMES),
@@ -655,13 +656,10 @@ def sinkhole_argv(setup: Setup, port: int, variant: Variant) -> tuple[list[str],
         "rate_limit": {"per_client": 0},
         "workers": 1,
     }
-    extra = dict(variant.extra)
-    stubbed = extra.pop(NO_RECORDING_KEY, False)
-    config.update(extra)
+    config.update(variant.extra)
     conf = setup.workdir / "sinkhole.yaml"
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
-    launcher = [str(BENCH_DIR / "no_recording.py")] if stubbed else ["-m", "resolver"]
-    return [sys.executable, *launcher, "serve", "--config", str(conf)], REPO_ROOT
+    return [sys.executable, *variant.launcher, "serve", "--config", str(conf)], REPO_ROOT
 
 
 def dnsmasq_argv(setup: Setup, port: int, _variant: Variant) -> tuple[list[str], Path | None]:
