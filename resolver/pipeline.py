@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from resolver import wire
 from resolver.cache import STALE_ANSWER_TTL, Cache, personalise
 from resolver.config import Config
-from resolver.policy import Policy
+from resolver.policy import Policy, Verdict
 from resolver.upstream import Forwarder
 from resolver.wire import Query, Rcode, WireError
 
@@ -197,14 +197,13 @@ class Blocker:
         v = r.policy.verdict(req.query, req.client)
         if v is None:
             return None
-        q = req.query
         rule = v.rule
         req.outcome = Outcome.BLOCKED
         key = rule.service or rule.category
         r.blocked_by[key] = r.blocked_by.get(key, 0) + 1
         if r.recorder is not None:
-            r.recorder.hit(req.client, q.name, q.qtype, rule, v.pattern, v.action)
-        return q.wire[:2] + v.answer_tail
+            r.recorder.hit(req.client, v)
+        return req.query.wire[:2] + v.answer_tail
 
 
 class CacheStep:
@@ -357,8 +356,8 @@ class Resolver:
         self.blocked_by[key] = self.blocked_by.get(key, 0) + 1
         responder = policy.responder(rule)
         if self.recorder is not None:
-            # The type stays a number here; the writer thread names it.
-            self.recorder.hit(req.client, q.name, q.qtype, rule, pattern, responder.action)
+            verdict = Verdict(b"", rule, pattern, responder.action, q.name, q.qtype)
+            self.recorder.hit(req.client, verdict)
         return responder.answer(q)
 
     def prefetch(self, q: Query) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any
 
 from resolver import wire
 from resolver.config import Config, SinkholeConfig
@@ -178,13 +178,54 @@ class Matcher:
         return d
 
 
-class Verdict(NamedTuple):
-    """A blocked query's answer (bytes after the ID) and what to record about it."""
+class Verdict:
+    """A blocked question's answer (bytes after the ID) and what to record about it.
 
-    answer_tail: bytes
-    rule: Rule
-    pattern: str
-    action: str
+    The policy keeps one per distinct question, so the recorder counts hits by
+    (second, client, verdict) with an identity hash: a pointer, not six strings.
+    The `tally_` slots belong to the recorder (store.Recorder.hit): its running
+    count of this question from one client in one second, so that a repeated
+    lookup costs an attribute increment on an object the query path already holds.
+    """
+
+    __slots__ = (
+        "answer_tail",
+        "rule",
+        "pattern",
+        "action",
+        "record",
+        "tally_owner",
+        "tally_second",
+        "tally_client",
+        "tally_count",
+    )
+
+    def __init__(
+        self,
+        answer_tail: bytes,
+        rule: Rule,
+        pattern: str,
+        action: str,
+        qname: str,
+        qtype: int | str,
+    ) -> None:
+        self.answer_tail = answer_tail
+        self.rule = rule
+        self.pattern = pattern
+        self.action = action
+        #: The `hits` columns qname, qtype, service, category, rule and action.
+        self.record = (
+            qname,
+            qtype if isinstance(qtype, str) else wire.qtype_name(qtype),
+            rule.service,
+            rule.category,
+            pattern,
+            action,
+        )
+        self.tally_owner: Any = None  # the store.Recorder counting it
+        self.tally_second = -1
+        self.tally_client = ""
+        self.tally_count = 0
 
 
 NOT_BLOCKED = object()
@@ -318,7 +359,9 @@ class Policy:
             else:
                 rule, pattern = match
                 responder = self.responder(rule)
-                known = Verdict(responder.answer(q)[2:], rule, pattern, responder.action)
+                known = Verdict(
+                    responder.answer(q)[2:], rule, pattern, responder.action, q.name, q.qtype
+                )
             if len(memo) >= VERDICT_MEMO_SIZE:
                 memo.clear()
             memo[tail] = known

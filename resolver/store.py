@@ -22,16 +22,22 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from resolver.errors import StoreError
-from resolver.policy import ImportedList, PolicyState
-from resolver.wire import qtype_name
+from resolver.policy import ImportedList, PolicyState, Verdict
 
 log = logging.getLogger("sinkhole.store")
 
 BUSY_TIMEOUT = 5.0
 #: The recorder writes at least this often (seconds), or sooner when this many hits wait.
 FLUSH_INTERVAL = 1.0
-#: A hit written later than this after it happened counts as `recorder_lag`.
-RECORDER_LATE_SECONDS = 60
+#: A hit written later than this after it happened counts as `recorder_lag`: more than
+#: the minute a repeated lookup is held (FOLD_SECONDS), and more than a few flushes.
+RECORDER_LATE_SECONDS = 120
+#: A client's repeated lookups of one name and type are written as at most two rows per
+#: this many seconds: the first lookup's second, and the last's with the count of the rest.
+FOLD_SECONDS = 60
+#: A window is written this long after it ends, so the hits the loop has not handed
+#: over yet (HANDOFF_INTERVAL) still fold into it.
+FOLD_MARGIN = 2
 #: How often the event loop hands its counted hits to the writer thread (seconds).
 HANDOFF_INTERVAL = 0.5
 #: Distinct hits held while the database is unavailable; past it, new hits are
@@ -968,15 +974,30 @@ Q_QUERIES, Q_BLOCKED, Q_FORWARDED, Q_CACHED, Q_FAILED, Q_REFUSED = range(6)
 class Recorder:
     """Writes hits and per-minute traffic off the hot path; never loses a hit.
 
-    The query path counts the hit in a dict owned by the event loop thread (no
-    lock, no SQL); every HANDOFF_INTERVAL the loop hands that dict to a thread
-    through a deque and starts a new one, and the thread writes batches. Under a
-    flood of identical lookups the thread sees one entry per second, not one
-    per query. While the database is locked, read-only or full, hits wait
-    in `buffer`, coalesced by (second, client, name, type, rule): the sum of
-    `count` stays exact. Past `buffer_rows` distinct rows they are coalesced per
-    minute instead. Clients are pseudonymized when written, so a hit buffered
-    before the hashing secret could be read is never stored with its address.
+    The query path counts the hit on the policy's Verdict of the question while
+    the same client asks it in the same second (its `tally_` slots), and then in a
+    dict owned by the event loop thread (no lock, no SQL), keyed by (second,
+    client, verdict), the verdict hashed by identity. Every HANDOFF_INTERVAL the
+    loop hands that dict to a thread through a deque and starts a new one, and
+    the thread writes batches. Under a flood of identical lookups the thread sees
+    one entry per second, not one per query.
+
+    A client's lookups of one name and type within a minute (FOLD_SECONDS, aligned
+    to the clock) make at most two rows: the first lookup's second, written at the
+    next flush, and the last lookup's second with the count of every later one,
+    written once the minute is over (`held` until then). Totals, hourly sums and
+    attempts come out as from one row per second: an attempt starts at a lookup
+    with none of its client and service in the 300 s before, which only a
+    minute's first lookup can be, and the minute's last lookup keeps its second.
+    A flood that repeats names costs the database two rows a minute per name, not
+    sixty.
+
+    While the database is locked, read-only or full, hits wait in `buffer` as
+    they came, and past `buffer_rows` entries in `coarse`, coalesced per minute by
+    the columns they will be written with: the sum of `count` stays exact and
+    memory stays bounded. Clients are pseudonymized when written, so a hit
+    buffered before the hashing secret could be read is never stored with its
+    address.
     """
 
     def __init__(
@@ -998,13 +1019,22 @@ class Recorder:
         self.buffer_rows = buffer_rows
         #: Hits of the current interval, mutated only by the thread that calls hit().
         self.pending: dict[tuple, int] = {}
+        #: Verdicts this recorder started a tally on since the last handoff.
+        self._tallied: list[Verdict] = []
         #: Dicts handed over by that thread, waiting for the writer thread.
         self.queue: collections.deque = collections.deque()
-        #: Hits received so far (by hit()); with `written` it gives the backlog.
+        #: Hits handed off so far; with `pending` and `written` it gives the backlog.
         self.received = 0
         self._owner_hands_off = False
         self._handoff_timer: asyncio.TimerHandle | None = None
+        #: (second, client, verdict): count, while the database cannot be written.
         self.buffer: dict[tuple, int] = {}
+        #: (minute, client, verdict.record): count, once `buffer` is full.
+        self.coarse: dict[tuple, int] = {}
+        #: Window start: {(client, verdict): [first second, last second, later lookups]}.
+        self.held: dict[int, dict[tuple, list[int]]] = {}
+        #: Lookups in `held` (not the first second's, which went to `buffer`).
+        self.held_hits = 0
         #: Sum of the buffer's counts, kept so other threads never iterate the dict.
         self.buffered = 0
         self.counters = [0] * 6  # incremented by the event loop thread only
@@ -1028,17 +1058,44 @@ class Recorder:
         self.traffic: Callable[[], list[int]] | None = None
 
     # Hot path: called by the event loop per blocked query.
-    def hit(
-        self, client: str, qname: str, qtype: int | str, rule, pattern: str, action: str
-    ) -> None:
-        key = (int(time.time()), client, qname, qtype, rule, pattern, action)
+    def hit(self, client: str, verdict: Verdict) -> None:
+        """Count a blocked lookup; `verdict` says what to record (its `record`)."""
+        now = int(time.time())
+        if (
+            verdict.tally_second == now
+            and verdict.tally_client == client
+            and verdict.tally_owner is self
+        ):
+            verdict.tally_count += 1
+        else:
+            self._tally(client, verdict, now)
+
+    def _tally(self, client: str, verdict: Verdict, now: int) -> None:
+        """Start counting (now, client) on `verdict`; what it counted goes to `pending`."""
+        owner = verdict.tally_owner
+        if owner is not None:  # its count so far: ours, or another recorder's (in tests)
+            owner._spill(verdict)
+        verdict.tally_owner = self
+        verdict.tally_second = now
+        verdict.tally_client = client
+        verdict.tally_count = 1
+        self._tallied.append(verdict)
+
+    def _spill(self, verdict: Verdict) -> None:
+        key = (verdict.tally_second, verdict.tally_client, verdict)
         pending = self.pending
-        pending[key] = pending.get(key, 0) + 1
-        self.received += 1
+        pending[key] = pending.get(key, 0) + verdict.tally_count
+        verdict.tally_owner = None
+        verdict.tally_count = 0
 
     def handoff(self) -> None:
         """Give this interval's hits to the writer; call from the thread that calls hit()."""
+        for verdict in self._tallied:  # in the order the tallies started
+            if verdict.tally_owner is self:
+                self._spill(verdict)
+        self._tallied = []
         if self.pending:
+            self.received += sum(self.pending.values())
             self.queue.append(self.pending)
             self.pending = {}
 
@@ -1062,8 +1119,11 @@ class Recorder:
 
     @property
     def backlog(self) -> int:
-        """Hits received and not yet written."""
-        return self.received - self.written
+        """Hits received and not yet written, but those held until their minute ends."""
+        # hit() does not count: the hits not handed off yet are in tallies and `pending`.
+        tallied = sum(v.tally_count for v in set(self._tallied) if v.tally_owner is self)
+        pending = sum(self.pending.values())
+        return self.received + pending + tallied - self.written - self.held_hits
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sinkhole-recorder", daemon=True)
@@ -1088,14 +1148,14 @@ class Recorder:
         while not self._stop.is_set():
             self._wakeup.wait(self.flush_interval)
             self._wakeup.clear()
-            self._flush_safely()
+            self._flush_safely(hold=True)
         # Final flush: keep trying briefly so a short fault does not lose hits at exit.
-        while not self._flush_safely() and time.monotonic() < self._final_deadline:
+        while not self._flush_safely(hold=False) and time.monotonic() < self._final_deadline:
             time.sleep(0.2)
 
-    def _flush_safely(self) -> bool:
+    def _flush_safely(self, hold: bool) -> bool:
         try:
-            return self.flush()
+            return self.flush(hold=hold)
         except Exception:  # noqa: BLE001 - a dead recorder thread would lose every later hit
             log.exception("unexpected error in the hit recorder")
             return False
@@ -1104,16 +1164,72 @@ class Recorder:
         if not self._owner_hands_off:
             self.handoff()  # no event loop: hit() and flush() share this thread
         q = self.queue
-        buf = self.buffer
         while q:
-            for (ts, client, qname, qtype, rule, pattern, action), n in q.popleft().items():
-                if len(buf) >= self.buffer_rows:
-                    ts -= ts % 60
-                if type(qtype) is int:
-                    qtype = qtype_name(qtype)
-                key = (ts, client, qname, qtype, rule.service, rule.category, pattern, action)
-                buf[key] = buf.get(key, 0) + n
-                self.buffered += n
+            self._fold(q.popleft())
+
+    def _fold(self, batch: dict[tuple, int]) -> None:
+        """Hits of a minute's first second to the buffer; later ones of the minute held."""
+        held = self.held
+        rows: dict[tuple, int] = {}
+        folded = 0
+        window = later = None
+        for key, n in batch.items():  # in the order the lookups came
+            ts, client, verdict = key
+            start = ts - ts % FOLD_SECONDS
+            if start != window:
+                window = start
+                later = held.get(start)
+                if later is None:
+                    later = held[start] = {}
+            k = (client, verdict)
+            h = later.get(k)
+            if h is None:
+                if len(later) < self.buffer_rows:  # past it, rows per second: memory bound
+                    later[k] = [ts, ts, 0]
+            elif ts > h[0]:
+                if ts > h[1]:
+                    h[1] = ts
+                h[2] += n
+                folded += n
+                continue
+            rows[key] = n
+        self.held_hits += folded
+        self._buffer(rows)
+
+    def _release(self, everything: bool) -> None:
+        """Buffer the held rows of the windows that are over (all: at exit)."""
+        over = int(time.time()) - FOLD_SECONDS - FOLD_MARGIN
+        rows: dict[tuple, int] = {}
+        for start in [w for w in self.held if everything or w <= over]:
+            for (client, verdict), (_, last, n) in self.held.pop(start).items():
+                if n:
+                    rows[(last, client, verdict)] = n
+        if rows:
+            self.held_hits -= sum(rows.values())
+            self._buffer(rows)
+
+    def _buffer(self, rows: dict[tuple, int]) -> None:
+        """Add rows (second, client, verdict): count to what the next write takes."""
+        self.buffered += sum(rows.values())
+        buf = self.buffer
+        limit = self.buffer_rows
+        if not buf and len(rows) <= limit:
+            self.buffer = rows  # the usual case: the database was written last time
+        elif len(buf) + len(rows) <= limit:
+            get = buf.get
+            for key, n in rows.items():
+                buf[key] = get(key, 0) + n
+        else:
+            coarse = self.coarse
+            for key, n in rows.items():
+                if key in buf:
+                    buf[key] += n
+                elif len(buf) < limit:
+                    buf[key] = n
+                else:
+                    ts, client, verdict = key
+                    key = (ts - ts % 60, client, verdict.record)
+                    coarse[key] = coarse.get(key, 0) + n
 
     def _traffic_delta(self) -> None:
         now = list(self.traffic()) if self.traffic is not None else self.counters[:]
@@ -1126,12 +1242,17 @@ class Recorder:
         for i, d in enumerate(delta):
             row[i] += d
 
-    def flush(self) -> bool:
-        """Move queued hits to the buffer and try to write it; True when nothing is left."""
+    def flush(self, *, hold: bool = False) -> bool:
+        """Move queued hits to the buffer and try to write it; True when nothing is left.
+
+        hold: keep the repeated lookups of the minutes not over yet in memory (the
+        writer thread's flushes); by default they are written too.
+        """
         self._traffic_delta()
         self._drain()
+        self._release(everything=not hold)
         purge_due = self._last_purge is None or time.time() - self._last_purge >= PURGE_EVERY
-        if not self.buffer and not self._pending_traffic and not purge_due:
+        if not self.buffer and not self.coarse and not self._pending_traffic and not purge_due:
             return True
         try:
             conn = self._open()
@@ -1153,7 +1274,7 @@ class Recorder:
         if purge_due:
             self._purge(conn)
         conn.close()
-        return not self.queue and not self.buffer
+        return not self.queue and not self.buffer and not self.coarse
 
     def _open(self) -> sqlite3.Connection:
         # The file is open only while a batch is written: an administrator can remount,
@@ -1186,17 +1307,28 @@ class Recorder:
         return self._pseudo
 
     def _write(self, conn: sqlite3.Connection) -> None:
-        # Hits written more than a minute late: the recorder was behind (a fault).
+        # Hits written more than RECORDER_LATE_SECONDS late: the recorder was behind.
         late = int(time.time()) - RECORDER_LATE_SECONDS
-        lag = sum(n for key, n in self.buffer.items() if key[0] < late)
+        lag = 0
         conn.execute("BEGIN IMMEDIATE")
-        if self.buffer:
+        if self.buffer or self.coarse:
             pseudo = self._pseudonymizer(conn)
-            # Clients that share a pseudonym (a group, or none) share a row.
+            who = {c: pseudo(c) for c in {key[1] for key in self.buffer}}
+            who.update((c, pseudo(c)) for c in {key[1] for key in self.coarse})
+            # One row per second and written columns: clients that share a pseudonym (a
+            # group, or none) share a row, and so do verdicts of one name asked twice.
             rows: dict[tuple, int] = {}
-            for (ts, client, *rest), n in self.buffer.items():
-                key = (ts, *pseudo(client), *rest)
-                rows[key] = rows.get(key, 0) + n
+            get = rows.get
+            for (ts, client, verdict), n in self.buffer.items():
+                key = (ts, *who[client], *verdict.record)
+                rows[key] = get(key, 0) + n
+                if ts < late:
+                    lag += n
+            for (ts, client, record), n in self.coarse.items():
+                key = (ts, *who[client], *record)
+                rows[key] = get(key, 0) + n
+                if ts < late:
+                    lag += n
             write_hits(conn, [(*k, n) for k, n in rows.items()])
         for minute, c in self._pending_traffic.items():
             conn.execute(
@@ -1211,7 +1343,8 @@ class Recorder:
             )
         conn.execute("COMMIT")
         self.written += self.buffered
-        self.buffer.clear()
+        self.buffer = {}
+        self.coarse = {}
         self.buffered = 0
         self._pending_traffic.clear()
 

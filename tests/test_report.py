@@ -28,7 +28,7 @@ from sqlite_utils.migrations import Migrations
 
 from resolver import report as rpt
 from resolver.errors import SinkholeError, StoreError
-from resolver.policy import Rule
+from resolver.policy import Rule, Verdict
 from resolver.store import (
     HIT_ROLLUPS,
     ROLLUP_BY_BATCH,
@@ -1468,7 +1468,9 @@ def test_recorder_and_trigger_make_identical_rollups(
                 clock.now = base + offset
                 service, category, qname = SERVICES[s]
                 for _ in range(count):
-                    rec.hit(CLIENTS[c][0], qname, qtype, Rule(category, service), qname, "null")
+                    # A new Verdict per lookup: rows must merge by value, not by object.
+                    v = Verdict(b"", Rule(category, service), qname, "null", qname, qtype)
+                    rec.hit(CLIENTS[c][0], v)
             written = len(rollup_tables(recorded)["hits"])
             assert rec.flush()
             # The rows of this batch, as the recorder wrote them, into the other database.
@@ -1486,6 +1488,75 @@ def test_recorder_and_trigger_make_identical_rollups(
             == []
         )
     conn.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lookups=st.lists(
+        st.tuples(
+            # Seconds over some 5 buckets and 2 hours, often at the edge of a minute or a
+            # bucket, where a folded lookup could change an attempt if it were wrong.
+            st.integers(0, 1500)
+            | st.integers(230, 370)
+            | st.sampled_from([0, 1, 59, 60, 61, 299, 300, 301, 359, 360, 599, 600, 1199, 1200]),
+            # Few keys, so that a name is often looked up three times in a minute or more.
+            st.integers(0, 1),  # a client
+            st.sampled_from([0, 1, 3]),  # two names of one service, and another service
+            st.sampled_from(["A", "A", "AAAA"]),
+            st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    flush_every=st.integers(1, 90),
+)
+def test_folded_lookups_make_the_rollups_of_a_row_per_second(
+    tmp_path_factory: pytest.TempPathFactory,
+    lookups: list[tuple[int, int, int, str, int]],
+    flush_every: int,
+) -> None:
+    # A real Recorder folds a client's repeated lookups of a name in a minute into two
+    # rows; the same lookups as one row per second, inserted plainly, must roll up to the
+    # very same hourly sums, top names and attempts (first and last seconds included).
+    tmp = tmp_path_factory.mktemp("f")
+    folded, plain = make_db(tmp / "folded.db"), make_db(tmp / "plain.db")
+    base = int(rpt.week_bounds("2026-W13", PARIS)[0].timestamp()) + 86400 - 1200
+    clock = _Clock()
+    rec = Recorder(str(folded), group_of=dict(CLIENTS).get)
+    verdicts: dict[tuple[int, str], Verdict] = {}
+    per_second: dict[tuple, int] = {}
+    next_flush = base
+    with patch("resolver.store.time", clock):
+        for offset, c, s, qtype, n in sorted(lookups):
+            while next_flush <= base + offset:  # the writer thread's flushes meanwhile
+                clock.now = next_flush
+                assert rec.flush(hold=True)
+                next_flush += flush_every
+            clock.now = base + offset
+            service, category, qname = SERVICES[s]
+            v = verdicts.setdefault((s, qtype), Verdict(b"", Rule(category, service), qname,
+                                                        "null", qname, qtype))  # fmt: skip
+            for _ in range(n):
+                rec.hit(CLIENTS[c][0], v)
+            key = (base + offset, *CLIENTS[c], qname, qtype, service, category)
+            per_second[key] = per_second.get(key, 0) + n
+        clock.now = base + 1600
+        assert rec.flush(hold=True)
+        assert rec.flush()
+    insert_hits(plain, [(*k, n) for k, n in per_second.items()])
+    got, want = rollup_tables(folded), rollup_tables(plain)
+    assert sum(r[-1] for r in got.pop("hits")) == sum(r[-1] for r in want.pop("hits"))
+    assert got == want
+    assert_rollups_exact(folded)
+    with sqlite3.connect(folded) as conn:
+        most = conn.execute(
+            "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM hits"
+            " GROUP BY ts / 60, client, qname, qtype)"
+        ).fetchone()[0]
+    conn.close()
+    assert most <= 2
 
 
 @settings(

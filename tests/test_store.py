@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from resolver.errors import StoreError
-from resolver.policy import Rule
+from resolver.policy import Rule, Verdict
 from resolver.store import (
     ROLLUP_BY_BATCH,
     SCHEMA_VERSION,
@@ -38,9 +39,15 @@ CLAUDE = Rule("ai-chatbots", "anthropic-claude", "Claude (Anthropic)")
 CUSTOM = Rule("custom", source="rule")
 
 
-def hit(rec: Recorder, client: str, name: str = "chatgpt.com", qtype: str = "A") -> None:
+@functools.cache
+def verdict(name: str, qtype: str) -> Verdict:
+    """One per question, as the policy keeps them."""
     rule = CLAUDE if name.endswith("claude.ai") else CHATGPT
-    rec.hit(client, name, qtype, rule, name.removeprefix("www."), "null")
+    return Verdict(b"", rule, name.removeprefix("www."), "null", name, qtype)
+
+
+def hit(rec: Recorder, client: str, name: str = "chatgpt.com", qtype: str = "A") -> None:
+    rec.hit(client, verdict(name, qtype))
 
 
 def rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
@@ -199,7 +206,7 @@ def test_recorder_writes_every_hit_with_its_fields(db):
     for _ in range(3):
         hit(rec, "10.1.9.7", "www.chatgpt.com", "AAAA")
     hit(rec, "192.0.2.1", "claude.ai", "HTTPS")
-    rec.hit("192.0.2.1", "blocked.example", "MX", CUSTOM, "blocked.example", "nxdomain")
+    rec.hit("192.0.2.1", Verdict(b"", CUSTOM, "blocked.example", "nxdomain", "blocked.example", 15))
     assert rec.flush()
     after = int(time.time())
     got = rows(
@@ -276,6 +283,95 @@ class _Clock:
 
     def time(self) -> float:
         return self.now
+
+
+def test_tallies_count_every_client_and_second_of_a_shared_verdict(db, monkeypatch):
+    # A verdict counts one (second, client) at a time; another client, another second or
+    # another recorder (a second server in one process, as in tests) moves its count on.
+    clock = _Clock(1_800_000_000 - 1_800_000_000 % 60 + 7)
+    monkeypatch.setattr("resolver.store.time", clock)
+    a, b = Recorder(str(db)), Recorder(str(db))
+    v = verdict("chatgpt.com", "A")
+    for rec, client, n in (
+        (a, "10.1.9.7", 3), (a, "10.1.9.8", 1), (a, "10.1.9.7", 2), (b, "10.1.9.7", 1),
+    ):  # fmt: skip
+        for _ in range(n):
+            rec.hit(client, v)
+    clock.now += 1
+    a.hit("10.1.9.7", v)
+    assert (a.backlog, b.backlog) == (7, 1)
+    assert a.flush() and b.flush()
+    assert rows(
+        db, "SELECT ts - ?, client, SUM(count) FROM hits GROUP BY 1, 2", (clock.now - 1,)
+    ) == [
+        (0, "10.1.9.7", 6),
+        (0, "10.1.9.8", 1),
+        (1, "10.1.9.7", 1),
+    ]
+    assert (a.backlog, b.backlog) == (0, 0)
+
+
+def test_repeated_lookups_in_a_minute_make_two_rows(db, monkeypatch):
+    start = 1_800_000_000 - 1_800_000_000 % 60
+    clock = _Clock(start)
+    monkeypatch.setattr("resolver.store.time", clock)
+    rec = Recorder(str(db))
+    for second, n in ((5, 1), (6, 2), (17, 1), (35, 1)):
+        clock.now = start + second
+        for _ in range(n):
+            hit(rec, "10.1.9.7")
+        if second == 17:
+            hit(rec, "10.1.9.8", "claude.ai")
+        assert rec.flush(hold=True)
+    # The first lookups went out at once; the later ones wait for the minute to end.
+    assert rows(db, "SELECT ts, client, count FROM hits ORDER BY id") == [
+        (start + 5, "10.1.9.7", 1),
+        (start + 17, "10.1.9.8", 1),
+    ]
+    assert rec.held_hits == 4 and rec.backlog == 0
+    clock.now = start + 61  # over, but hits of its last second may not be handed over yet
+    assert rec.flush(hold=True)
+    assert total(db) == 2
+    clock.now = start + 62
+    hit(rec, "10.1.9.7")  # the next minute's first lookup: a row of its own
+    assert rec.flush(hold=True)
+    assert rows(db, "SELECT ts, client, count FROM hits ORDER BY ts, client") == [
+        (start + 5, "10.1.9.7", 1),
+        (start + 17, "10.1.9.8", 1),
+        (start + 35, "10.1.9.7", 4),  # the last lookup's second, with the count of the rest
+        (start + 62, "10.1.9.7", 1),
+    ]
+    assert rec.held_hits == 0 and rec.written == 7
+    assert_rollups_exact(db)
+
+
+def test_flush_and_stop_write_the_held_lookups_too(db, monkeypatch):
+    clock = _Clock(1_800_000_000 - 1_800_000_000 % 60 + 10)
+    monkeypatch.setattr("resolver.store.time", clock)
+    rec = Recorder(str(db))
+    for _ in range(3):
+        hit(rec, "10.1.9.7")
+        clock.now += 1
+    assert rec.flush(hold=True) and total(db) == 1
+    hit(rec, "10.1.9.7")
+    assert rec.stop()  # no thread: stop() flushes everything itself
+    assert total(db) == 4
+    assert rows(db, "SELECT COUNT(*) FROM hits") == [(2,)]
+
+
+def test_held_lookups_stay_bounded(db, monkeypatch):
+    # Past `buffer_rows` keys in a minute, lookups are written a row per second instead.
+    clock = _Clock(1_800_000_000 - 1_800_000_000 % 60)
+    monkeypatch.setattr("resolver.store.time", clock)
+    rec = Recorder(str(db), buffer_rows=20)
+    for _ in range(3):
+        clock.now += 1
+        for i in range(30):
+            hit(rec, "192.0.2.1", f"n{i}.chatgpt.com")
+        assert rec.flush(hold=True)
+    assert sum(len(w) for w in rec.held.values()) == 20
+    assert rows(db, "SELECT COUNT(*) FROM hits") == [(20 + 10 * 3,)]
+    assert rec.flush() and total(db) == 90
 
 
 def test_hits_written_late_after_a_fault_keep_the_rollups_exact(db, monkeypatch):
