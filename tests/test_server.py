@@ -207,6 +207,29 @@ def test_cached_answer_ttl_decreases_and_case_follows_the_query(sinkhole, upstre
     assert second.question[0].name.to_text() == "HoSt-010.ExAmPlE.TeSt."
 
 
+def test_popular_name_is_refreshed_before_it_expires(sinkhole, upstream):
+    # Entries live 10 s here; in the last tenth of that, a name asked 3 times or more is
+    # asked upstream again while the cached answer is served, so it never goes missing.
+    server = sinkhole({"cache": {"max_ttl": 10}})
+    name = "host-011.example.test"
+    query(server.address, name)
+    stored = time.monotonic()
+    for _ in range(3):
+        assert query(server.address, name).answer[0].ttl >= 9
+    assert upstream.count(qname=name) == 1
+    time.sleep(max(0.0, stored + 9.3 - time.monotonic()))
+    late = query(server.address, name)
+    assert late.answer[0].ttl <= 1  # still the first answer, nearly expired
+    deadline = time.monotonic() + 2.0
+    while upstream.count(qname=name) < 2:
+        assert time.monotonic() < deadline, "no refresh before the entry expired"
+        time.sleep(0.02)
+    time.sleep(max(0.0, stored + 10.5 - time.monotonic()))
+    fresh = query(server.address, name)  # past the first answer's life: the refreshed one
+    assert fresh.answer[0].ttl >= 8
+    assert upstream.count(qname=name) == 2
+
+
 def test_dig_gets_sinkhole_and_forwarded_answers(sinkhole):
     dig = require_tool("dig")
     server = sinkhole()
