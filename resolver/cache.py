@@ -34,6 +34,7 @@ class Entry:
         "age_wire",
         "age",
         "prefetching",
+        "prefetch_from",
     )
 
     def __init__(self, wire: bytes, answer: Answer, ttl: int, now: float, ttls: list[int]) -> None:
@@ -43,6 +44,9 @@ class Entry:
         self.stored = now
         self.ttl = ttl
         self.expires = now + ttl
+        #: From then on a popular entry is refreshed (`Cache.wants_prefetch`): a float to
+        #: compare on the hot path instead of a call.
+        self.prefetch_from = self.expires - ttl * PREFETCH_SHARE
         self.cnames = tuple(answer.cnames)
         self.hits = 0
         # No rendering yet: the stored TTLs may differ from the wire's (min/max_ttl).

@@ -223,12 +223,13 @@ class CacheStep:
                 match = r.policy.decide(name, req.client)
                 if match is not None:
                     return r.blocked(req, match)
-        if r.cache.wants_prefetch(entry, now):
+        if now >= entry.prefetch_from and r.cache.wants_prefetch(entry, now):
             entry.prefetching = True
             r.prefetch(req.query)
         req.outcome = Outcome.CACHED
         out = personalise(entry.render(int(now - entry.stored)), req.query)
-        if not req.tcp and len(out) > req.query.max_udp:
+        # Every client may take 512 bytes: only a longer answer needs its limit.
+        if len(out) > wire.CLASSIC_UDP_LIMIT and not req.tcp and len(out) > req.query.max_udp:
             return wire.truncated(req.query, out)
         return out
 
