@@ -1,0 +1,146 @@
+"""What hit recording costs, measured inside one server: recording on and off in turns.
+
+`make bench` compares two servers, one with `Recorder.hit` stubbed out
+(bench/no_recording.py), in runs taken one after the other; on this VM their
+speed drifts by up to 20% over minutes, so a few percent of cost hide in the
+noise. Here one sinkhole, pinned to its core and driven at its maximum rate by
+dnsperf on the blocked scenario, switches `Recorder.hit` between the real one
+and a no-op every PERIOD seconds and counts the blocked queries of each period.
+Adjacent periods compare under the same drift; the cost is the median of their
+ratios. Both states make the same two calls per query, so only the body of
+`Recorder.hit` differs; the writer thread runs throughout and its cost (now
+~0.5% of the core) is shared by both states, so it is mostly not counted here.
+
+    python bench/recording_toggle.py [--seconds 40] [--period 1]
+
+A diagnostic, not a benchmark target: bench/RESULTS.md's verdict comes from
+`make bench`. Run with `--serve` it is the launcher that the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# bench/ is not a package: reuse run.py's helpers by putting its folder on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run  # noqa: E402
+from run import BenchError, log  # noqa: E402
+
+RATES_ENV = "SINKHOLE_TOGGLE_RATES"  # where the server writes "state rate" per period
+PERIOD_ENV = "SINKHOLE_TOGGLE_PERIOD"
+SETTLE_PERIODS = 2  # periods dropped at the start (warm-up) and one at the end
+
+
+def serve() -> None:
+    """`sinkhole serve`, with Recorder.hit on and off in turns; runs in the server."""
+    sys.path.insert(0, str(run.REPO_ROOT))
+    from resolver import store
+    from resolver.cli import main
+
+    real = store.Recorder.hit
+    calls = [0]
+
+    def nothing(self: store.Recorder, client: str, verdict: object) -> None:
+        return None
+
+    def on(self: store.Recorder, client: str, verdict) -> None:  # noqa: ANN001
+        calls[0] += 1
+        real(self, client, verdict)
+
+    def off(self: store.Recorder, client: str, verdict) -> None:  # noqa: ANN001
+        calls[0] += 1
+        nothing(self, client, verdict)
+
+    period = float(os.environ[PERIOD_ENV])
+    out = Path(os.environ[RATES_ENV])
+
+    def switch() -> None:
+        recording, last, since = False, 0, time.monotonic()
+        with out.open("w") as f:
+            while True:
+                time.sleep(period)
+                now, count = time.monotonic(), calls[0]
+                f.write(f"{int(recording)} {(count - last) / (now - since):.0f}\n")
+                f.flush()
+                last, since = count, now
+                recording = not recording
+                store.Recorder.hit = on if recording else off  # type: ignore[method-assign]
+
+    store.Recorder.hit = off  # type: ignore[method-assign]
+    threading.Thread(target=switch, name="toggle", daemon=True).start()
+    sys.argv = [sys.argv[0], *sys.argv[2:]]  # drop --serve: the rest is `serve --config`
+    main()
+
+
+def cost(rates: list[tuple[int, float]]) -> tuple[float, int]:
+    """1 - median(on/off) over adjacent periods under load, and the number of pairs."""
+    # Under load: dnsperf running (the server's checks before it ask a few names).
+    peak = max((rate for _, rate in rates), default=0.0)
+    busy = [r for r in rates if r[1] > peak / 2][SETTLE_PERIODS:-1]
+    ratios = [
+        (b[1] / a[1]) if b[0] else (a[1] / b[1])
+        for a, b in zip(busy, busy[1:], strict=False)
+        if a[0] != b[0]
+    ]
+    if not ratios:
+        raise BenchError("no pair of periods under load: is dnsperf reaching the server?")
+    return 1 - statistics.median(ratios), len(ratios)
+
+
+def measure(seconds: float, period: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="sinkhole-toggle-") as tmp:
+        workdir = Path(tmp)
+        setup, _ = run.prepare(workdir, run.MIN_ZONE_NAMES, 1, pin=True)
+        rates_file = workdir / "rates.txt"
+        os.environ[RATES_ENV] = str(rates_file)
+        os.environ[PERIOD_ENV] = str(period)
+        variant = run.Variant(
+            "sinkhole",
+            "sinkhole (recording on and off)",
+            ("blocked",),
+            {"privacy": {"clients": "hashed"}},
+            launcher=(str(Path(__file__).resolve()), "--serve"),
+        )
+        setup.nsd_port, nsd = run.start_nsd(workdir, setup.load_cpu)
+        with nsd, run.server_under_test(setup, variant) as (port, _pid):
+            perf = run.dnsperf(port, setup.files["blocked"], seconds=seconds)
+        rates = [
+            (int(state), float(rate))
+            for state, rate in (line.split() for line in rates_file.read_text().splitlines())
+        ]
+    share, pairs = cost(rates)
+    peak = max(r for _, r in rates)
+    on = [r for s, r in rates if s and r > peak / 2]
+    off = [r for s, r in rates if not s and r > peak / 2]
+    log(
+        f"{perf.qps:.0f} q/s over the run, lost {perf.lost}; {pairs} pairs of {period:g} s "
+        f"periods: on {statistics.mean(on):.0f}, off {statistics.mean(off):.0f} q/s"
+    )
+    print(f"hit recording cost (median of adjacent on/off ratios): {share:.1%}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve()
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=40.0, help="dnsperf run (default 40)")
+    parser.add_argument("--period", type=float, default=1.0, help="seconds per state (default 1)")
+    args = parser.parse_args()
+    try:
+        measure(args.seconds, args.period)
+    except BenchError as exc:
+        print(f"recording_toggle: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
