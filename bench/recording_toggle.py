@@ -80,11 +80,15 @@ def serve() -> None:
     main()
 
 
-def cost(rates: list[tuple[int, float]]) -> tuple[float, int]:
-    """1 - median(on/off) over adjacent periods under load, and the number of pairs."""
-    # Under load: dnsperf running (the server's checks before it ask a few names).
+def busy_periods(rates: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The settled periods under load: dnsperf running (the server's checks before it
+    ask a few names), the first SETTLE_PERIODS and the last left out."""
     peak = max((rate for _, rate in rates), default=0.0)
-    busy = [r for r in rates if r[1] > peak / 2][SETTLE_PERIODS:-1]
+    return [r for r in rates if r[1] > peak / 2][SETTLE_PERIODS:-1]
+
+
+def cost(busy: list[tuple[int, float]]) -> tuple[float, int]:
+    """1 - median(on/off) over adjacent busy periods, and the number of pairs."""
     ratios = [
         (b[1] / a[1]) if b[0] else (a[1] / b[1])
         for a, b in zip(busy, busy[1:], strict=False)
@@ -116,10 +120,10 @@ def measure(seconds: float, period: float) -> None:
             (int(state), float(rate))
             for state, rate in (line.split() for line in rates_file.read_text().splitlines())
         ]
-    share, pairs = cost(rates)
-    peak = max(r for _, r in rates)
-    on = [r for s, r in rates if s and r > peak / 2]
-    off = [r for s, r in rates if not s and r > peak / 2]
+    busy = busy_periods(rates)
+    share, pairs = cost(busy)
+    on = [r for s, r in busy if s]
+    off = [r for s, r in busy if not s]
     log(
         f"{perf.qps:.0f} q/s over the run, lost {perf.lost}; {pairs} pairs of {period:g} s "
         f"periods: on {statistics.mean(on):.0f}, off {statistics.mean(off):.0f} q/s"
