@@ -89,6 +89,23 @@ class Cache:
     def clear(self) -> None:
         self.entries.clear()
 
+    def reconfigure(self, config: CacheConfig) -> None:
+        """New bounds from a reload. A smaller size drops the oldest entries at once; new
+        TTL bounds drop every entry, since each was kept under the old ones."""
+        old = self.config
+        self.config = config
+        self.size = config.size
+        if (old.min_ttl, old.max_ttl, old.negative_ttl) != (
+            config.min_ttl,
+            config.max_ttl,
+            config.negative_ttl,
+        ):
+            self.entries.clear()
+        excess = len(self.entries) - max(self.size, 0)
+        if excess > 0:
+            for key in list(itertools.islice(self.entries, excess)):
+                del self.entries[key]
+
     def store(
         self, query: Query, response: bytes, answer: Answer, now: float | None = None
     ) -> None:

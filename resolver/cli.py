@@ -18,6 +18,7 @@ import click
 from resolver import __version__
 from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
 from resolver.errors import ConfigError, SinkholeError
+from resolver.presentation import display_name, strip_controls
 
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -550,6 +551,12 @@ def hits(config_path, db, since, limit, as_json) -> None:
     config = get_config(config_path, db)
     with Store(config.database) as store:
         rows = store.recent_hits(int(time.time()) - seconds, limit)
+    for r in rows:
+        # Names from the wire in presentation format, the rest without control bytes.
+        r["qname"] = display_name(r["qname"])
+        for key in ("client", "client_group", "service", "category", "rule", "action"):
+            if isinstance(r.get(key), str):
+                r[key] = strip_controls(r[key])
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -754,7 +761,13 @@ def config_check(config_path, db) -> None:
         click.echo(p, err=True)
     if problems:
         sys.exit(1)
+    from resolver.config import RESTART_KEYS
+
     click.echo(f"{config_path or 'built-in defaults'}: OK")
+    click.echo(
+        f"a running server applies every key at SIGHUP but {', '.join(RESTART_KEYS)} "
+        "(restart for those)"
+    )
 
 
 @cli.command()

@@ -73,6 +73,18 @@ class CacheConfig:
     prefetch: bool = True
 
 
+#: Keys a SIGHUP does not apply: the sockets, the processes, the database file, the
+#: metrics listener and the user are set up once, before privileges are dropped. Every
+#: other key reaches the running server at a reload (`lists` is read at the first start
+#: only: after that the database holds the administrator's choices).
+RESTART_KEYS = ("listen", "workers", "database", "metrics_listen", "user")
+
+
+def restart_changes(old: Config, new: Config) -> list[str]:
+    """The keys of RESTART_KEYS whose value differs between two configs."""
+    return [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+
+
 @dataclass(frozen=True)
 class RateLimitConfig:
     per_client: int = 1000

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from enum import IntEnum
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ MAX_INFLIGHT = 4096
 #: new one gets SERVFAIL at once, so a flood of one slow name cannot pile up tasks.
 MAX_WAITING = 20_000
 ACL_MEMO_SIZE = 65_536
+#: The `hits.action` of a blocked name asked by a client over its rate limit: it got
+#: REFUSED from the limiter, not the sinkhole answer.
+RATE_LIMITED_ACTION = "rate-limited"
 RATE_LIMIT_TABLE_SIZE = 100_000
 #: Error answers (FORMERR, NOTIMP) per client and second; past it malformed packets
 #: are dropped. Well-formed queries never draw on this budget.
@@ -124,7 +127,17 @@ class AccessGuard:
 class RateLimiter:
     """Token bucket per client: `per_client` queries per `window` seconds, then REFUSED."""
 
-    def __init__(self, per_client: int, window: int, exempt: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        per_client: int,
+        window: int,
+        exempt: tuple[str, ...],
+        on_refused: Callable[[Request], None] | None = None,
+    ) -> None:
+        self.per_client = per_client
+        self.window = window
+        #: Called with each refused request: a blocked name is recorded all the same.
+        self.on_refused = on_refused
         self.capacity = float(per_client)
         self.rate = per_client / window if window else 0.0
         self.exempt = AccessGuard(exempt) if exempt else None
@@ -155,8 +168,17 @@ class RateLimiter:
             if len(self.logged) >= RATE_LIMIT_TABLE_SIZE:
                 self.logged.clear()
             self.logged[client] = now
-            log.warning("client %s is over its rate limit; refusing its queries", client)
+            log.warning(
+                "client %s is over its rate limit (%d queries per %d s); refusing its queries. "
+                "Behind NAT, a terminal server or a proxy, raise rate_limit.per_client "
+                "or add its address to rate_limit.exempt",
+                client,
+                self.per_client,
+                self.window,
+            )
         req.outcome = Outcome.RATE_LIMITED
+        if self.on_refused is not None:
+            self.on_refused(req)
         return wire.error_response(req.query.wire, Rcode.REFUSED)
 
 
@@ -261,7 +283,10 @@ class Resolver:
         if config.rate_limit.per_client > 0:
             steps.append(
                 RateLimiter(
-                    config.rate_limit.per_client, config.rate_limit.window, config.rate_limit.exempt
+                    config.rate_limit.per_client,
+                    config.rate_limit.window,
+                    config.rate_limit.exempt,
+                    on_refused=self._record_refused,
                 )
             )
         # CHAOS queries are about this server, not the internet: never forward them.
@@ -273,11 +298,30 @@ class Resolver:
         return steps
 
     def reconfigure(self, config: Config, policy: Policy, forwarder: Forwarder) -> None:
-        """Swap in a new config: each piece is replaced whole, never half-applied."""
+        """Swap in a new config: each piece is replaced whole, never half-applied.
+
+        The cache keeps its entries under its new bounds; the rate limiter starts with
+        full buckets.
+        """
         self.config = config
         self.policy = policy
         self.forwarder = forwarder
+        self.cache.reconfigure(config.cache)
         self.steps = self.build_chain(config)
+
+    def _record_refused(self, req: Request) -> None:
+        """A blocked name asked by a client over its rate limit is an attempt all the
+        same: the record of attempts must not depend on the limiter."""
+        if self.recorder is None:
+            return
+        v = self.policy.verdict(req.query, req.client)
+        if v is None:
+            return
+        limited = v.limited
+        if limited is None:
+            qname, qtype = v.record[0], v.record[1]
+            limited = v.limited = Verdict(b"", v.rule, v.pattern, RATE_LIMITED_ACTION, qname, qtype)
+        self.recorder.hit(req.client, limited)
 
     def traffic_totals(self) -> list[int]:
         """queries, blocked, forwarded, cached, failed, refused (for the traffic table)."""
@@ -412,6 +456,7 @@ class Resolver:
         if self.inflight.get(q.key) is pending:
             del self.inflight[q.key]
         if result is not None:
+            result = (wire.forwarded_flags(result[0]), result[1])
             try:
                 self.cache.store(q, result[0], result[1])
             except Exception:  # noqa: BLE001 - the answer still goes out, uncached
@@ -445,9 +490,7 @@ class Resolver:
                 self.counts[Outcome.BLOCKED] += 1
                 return out
         self.counts[Outcome.FORWARDED] += 1
-        # The upstream's flags without Z (RFC 1035 4.1.1), whatever it echoed.
-        flags = (data[2] << 8 | data[3]) & ~wire.Z
-        out = q.wire[:2] + wire.U16.pack(flags) + data[4:12] + q.question + data[q.question_end :]
+        out = q.wire[:2] + data[2:12] + q.question + data[q.question_end :]
         return self._deliver(req, out)
 
     def abandon(self) -> None:

@@ -198,6 +198,7 @@ class Verdict:
         "tally_second",
         "tally_client",
         "tally_count",
+        "limited",
     )
 
     def __init__(
@@ -222,6 +223,8 @@ class Verdict:
             pattern,
             action,
         )
+        #: The same question refused by the rate limiter, recorded with its own action.
+        self.limited: Verdict | None = None
         self.tally_owner: Any = None  # the store.Recorder counting it
         self.tally_second = -1
         self.tally_client = ""

@@ -91,9 +91,11 @@ def display_name(name: str | None) -> str:
     return _UNSAFE.sub(_escape_char, name)
 
 
-# Markdown: a backslash before each character that means something to a renderer
-# (CommonMark §2.4 lists the ASCII punctuation that may be escaped).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~])")
+# Markdown: a backslash before each character that can open markup inside a line: code,
+# emphasis, links and images, raw HTML, table cells, strikethrough (CommonMark §2.4 allows
+# any ASCII punctuation to be escaped). '(' and ')' only matter after ']', which is
+# escaped; '.', '-' and '+' only at the start of a line, where our tables never put text.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~&])")
 
 
 def markdown_text(text: str) -> str:

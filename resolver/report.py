@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from resolver.errors import SinkholeError, StoreError
+from resolver.presentation import csv_cell, display_name, markdown_text, strip_controls
 from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
 
 SCHEMA_VERSION = 1
@@ -230,25 +231,57 @@ def _privacy_note(
     return " ".join(parts)
 
 
-def _gaps(conn: sqlite3.Connection, start: int, end: int, zi: ZoneInfo) -> list[dict[str, Any]]:
+#: The last minutes before now are not judged: their traffic row may not be written yet.
+GAP_SETTLE_SECONDS = 120
+#: Gap kinds: the server was not running (minutes without a traffic row, which a running
+#: server writes every minute), its recorder was behind, or the database had never been
+#: used by a server yet (before its first start: no outage, nothing to record).
+GAP_DOWN, GAP_BEHIND, GAP_NOT_YET = "server-down", "recorder-behind", "not-yet-running"
+
+
+def _first_start(conn: sqlite3.Connection) -> int | None:
+    """When a server first recorded into this database (older ones: its first traffic row)."""
+    row = conn.execute("SELECT value FROM settings WHERE key = 'first_start'").fetchone()
+    if row is not None:
+        return int(row[0])
+    (first,) = conn.execute("SELECT MIN(minute) FROM traffic").fetchone()
+    return first
+
+
+def _gaps(
+    conn: sqlite3.Connection, start: int, end: int, zi: ZoneInfo, now: int
+) -> list[dict[str, Any]]:
+    """Gaps in recording over [start, end), to the minute."""
     gaps: list[tuple[int, int, str]] = []
-    # Hours without a single traffic row: the server writes one every minute it runs.
-    present = {
-        row[0]
-        for row in conn.execute(
-            "SELECT DISTINCT (minute - ?) / 3600 FROM traffic WHERE minute >= ? AND minute < ?",
-            (start, start, end),
-        )
-    }
-    run: int | None = None
-    hours = (end - start + 3599) // 3600
-    for h in range(hours + 1):
-        missing = h < hours and h not in present
-        if missing and run is None:
-            run = h
-        elif not missing and run is not None:
-            gaps.append((start + run * 3600, min(start + h * 3600, end), "server-down"))
-            run = None
+    first = _first_start(conn)
+    if first is None or first >= end:
+        if end > start:
+            gaps.append((start, end, GAP_NOT_YET))
+        lo = end
+    else:
+        first_minute = first - first % 60
+        if start < first_minute:
+            gaps.append((start, first_minute, GAP_NOT_YET))
+        lo = max(start, first_minute)
+    lo -= lo % 60
+    hi = min(end, now - GAP_SETTLE_SECONDS)
+    if hi > lo:
+        present = {
+            m
+            for (m,) in conn.execute(
+                "SELECT minute FROM traffic WHERE minute >= ? AND minute < ?", (lo, hi)
+            )
+        }
+        run: int | None = None
+        for minute in range(lo, hi, 60):
+            if minute not in present:
+                if run is None:
+                    run = minute
+            elif run is not None:
+                gaps.append((max(run, start), minute, GAP_DOWN))
+                run = None
+        if run is not None:
+            gaps.append((max(run, start), hi, GAP_DOWN))
     # Runs of consecutive lagging minutes: minute/60 - row_number is constant along a run.
     rows = conn.execute(
         """SELECT MIN(minute), MAX(minute) + 60 FROM (
@@ -257,7 +290,7 @@ def _gaps(conn: sqlite3.Connection, start: int, end: int, zi: ZoneInfo) -> list[
            GROUP BY run ORDER BY 1""",
         (start, end),
     )
-    gaps.extend((lo, min(hi, end), "recorder-behind") for lo, hi in rows)
+    gaps.extend((lo, min(hi, end), GAP_BEHIND) for lo, hi in rows)
     gaps.sort()
     return [{"start": _iso(lo, zi), "end": _iso(hi, zi), "kind": kind} for lo, hi, kind in gaps]
 
@@ -602,7 +635,7 @@ def _query_report(
         ]
 
     top_names = [
-        {"name": n, "service": s, "blocked": b}
+        {"name": display_name(n), "service": s, "blocked": b}
         for n, s, b in conn.execute(
             """SELECT qname, svc, SUM(blocked) AS b FROM nsum
                GROUP BY qname, svc ORDER BY b DESC, qname LIMIT ?""",
@@ -673,7 +706,7 @@ def _query_report(
             "retention_days": retention_days,
             "note": _privacy_note(privacy, approximate, retention_days, t0, now),
         },
-        "gaps": _gaps(conn, t0, min(t1, max(t0, int(now.timestamp()))), zi),
+        "gaps": _gaps(conn, t0, min(t1, max(t0, int(now.timestamp()))), zi, int(now.timestamp())),
     }
 
 
@@ -750,8 +783,30 @@ def _odd_days(report: dict[str, Any]) -> list[str]:
     return notes
 
 
+class _Name(str):
+    """A cell that holds a name from the wire (already in presentation format): markdown
+    shows it as a code span, where no autolink or emphasis can form."""
+
+
 def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
-    """(title, headers, rows, text when there are no rows) for every table of the report."""
+    """(title, headers, rows, text when there are no rows) for every table of the report.
+
+    Every cell is text without control characters: names from the wire as
+    `display_name` renders them, everything else through `strip_controls`.
+    """
+    return [
+        (title, headers, [[_clean(c) for c in row] for row in rows], empty)
+        for title, headers, rows, empty in _raw_sections(report)
+    ]
+
+
+def _clean(cell: str) -> str:
+    if isinstance(cell, _Name):
+        return _Name(display_name(cell))
+    return strip_controls(cell).replace("\n", " ")
+
+
+def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
     totals = report["totals"]
     clients_recorded = report["privacy"]["clients"] in ("ip", "hashed")
     summary = [
@@ -787,7 +842,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         [c["client"], c["group"], str(c["blocked"]), str(c["attempts"])]
         for c in report["top_clients"]
     ]
-    names = [[n["name"], n["service"], str(n["blocked"])] for n in report["top_names"]]
+    names = [[_Name(n["name"]), n["service"], str(n["blocked"])] for n in report["top_names"]]
     bypass = [
         [b["name"], b["id"], str(b["blocked"]), str(b["attempts"]), _num(b["clients"])]
         for b in report["bypass"]
@@ -871,7 +926,9 @@ def render_text(report: dict[str, Any]) -> str:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    if isinstance(text, _Name):
+        return f"`{text}`"  # presentation format holds no backtick: \\096
+    return markdown_text(text).replace("\n", " ")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -1043,7 +1100,12 @@ def render_csv(report: dict[str, Any]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in report["breakdown"]:
-        writer.writerow([row[c] if row[c] is not None else "" for c in CSV_COLUMNS])
+        writer.writerow(
+            [
+                csv_cell(strip_controls(str(row[c]))) if row[c] is not None else ""
+                for c in CSV_COLUMNS
+            ]
+        )
     return buf.getvalue()
 
 

@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 
 from resolver import __version__
 from resolver.catalog import load_catalog
-from resolver.config import Config, load_config
+from resolver.config import Config, load_config, restart_changes
 from resolver.errors import SinkholeError
 from resolver.pipeline import MAX_INFLIGHT, Resolver
 from resolver.policy import Policy, PolicyState, build_policy
@@ -186,6 +186,8 @@ class Server:
 
     def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
         self.config = config
+        #: The config the sockets, processes and database were set up with.
+        self.boot_config = config
         self.reuse_port = reuse_port
         self.catalog = load_catalog(config.catalog)
         self.db_path = config.database
@@ -390,6 +392,7 @@ class Server:
             log.error("%s; keeping the current policy", fault)
             return
         self.resolver.policy = policy
+        self.recorder.forget_clients()
         self.policy_version = policy.version
         settle_gc()
         log.info(
@@ -424,17 +427,27 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - a bad file must never stop DNS
             log.error("reload failed, keeping the running config and policy: %r", exc)
             return
-        if config.listen != self.config.listen or config.workers != self.config.workers:
-            log.warning("listen and workers changes take effect after a restart")
+        restart = restart_changes(self.boot_config, config)
         self.catalog = catalog
         self.config = config
         self.forwarder = forwarder
         self.resolver.reconfigure(config, policy, forwarder)
+        self.recorder.reconfigure(
+            privacy=config.privacy.clients, retention_days=config.privacy.retention_days
+        )
         settle_gc()
         self.resolver.max_inflight = inflight_limit(len(forwarder.upstreams))
         self.policy_version = policy.version
         logging.getLogger().setLevel(config.log_level.upper())
-        log.info("reloaded config and catalog: %d block patterns", policy.matcher.block_count)
+        log.info(
+            "reloaded config and catalog: %d block patterns; privacy.clients %s, "
+            "retention %d days, %d upstreams%s",
+            policy.matcher.block_count,
+            config.privacy.clients,
+            config.privacy.retention_days,
+            len(forwarder.upstreams),
+            f"; changed but applied only after a restart: {', '.join(restart)}" if restart else "",
+        )
 
     # -- shutdown ---------------------------------------------------------------------------------
 

@@ -1040,9 +1040,15 @@ class Recorder:
         self.counters = [0] * 6  # incremented by the event loop thread only
         self._written_counters = [0] * 6
         self._pending_traffic: dict[int, list[int]] = {}
-        self._pseudo: Pseudonymizer | None = None
-        if privacy != "hashed" or secret is not None:
-            self._pseudo = Pseudonymizer(privacy, secret or b"", group_of)
+        #: The last minute given a traffic row.
+        self._beat = -1
+        #: Written once into `settings` as `first_start`: the report's recording begins here.
+        self.created = int(time.time())
+        self._first_start_written = False
+        self._secret = secret
+        #: Guards `_pseudo` and `privacy` between a reload (the loop) and a write (the thread).
+        self._pseudo_lock = threading.Lock()
+        self._pseudo: Pseudonymizer | None = self._new_pseudonymizer()
         self._migrated = False
         self._stop = threading.Event()
         self._wakeup = threading.Event()
@@ -1235,9 +1241,12 @@ class Recorder:
         now = list(self.traffic()) if self.traffic is not None else self.counters[:]
         delta = [a - b for a, b in zip(now, self._written_counters, strict=True)]
         self._written_counters = now
-        if not any(delta):
-            return
         minute = int(time.time()) // 60 * 60
+        # A row every minute the server runs, queries or not: a minute without one is a
+        # gap in recording (report: "server-down"), an idle night is not.
+        if not any(delta) and minute == self._beat:
+            return
+        self._beat = minute
         row = self._pending_traffic.setdefault(minute, [0] * 6)
         for i, d in enumerate(delta):
             row[i] += d
@@ -1292,19 +1301,49 @@ class Recorder:
             raise
         return conn
 
+    def _new_pseudonymizer(self) -> Pseudonymizer | None:
+        """For the current mode; None while `hashed` waits for the secret in the database."""
+        if self.privacy == "hashed" and self._secret is None:
+            return None
+        return Pseudonymizer(self.privacy, self._secret or b"", self.group_of)
+
+    def reconfigure(self, *, privacy: str, retention_days: int) -> None:
+        """A reload's privacy mode and retention, from the next write on.
+
+        Hits still in memory are written under the new mode: a stricter mode never
+        lets an address through that it would not store. The pseudonym memo starts
+        anew, so changed group labels apply too, and retention is applied at the
+        next flush.
+        """
+        with self._pseudo_lock:
+            self.privacy = privacy
+            self.retention_days = retention_days
+            self._pseudo = self._new_pseudonymizer()
+        self._last_purge = None
+
+    def forget_clients(self) -> None:
+        """Drop the memo of clients' pseudonyms and groups (the groups may have changed)."""
+        with self._pseudo_lock:
+            self._pseudo = self._new_pseudonymizer()
+
     def _pseudonymizer(self, conn: sqlite3.Connection) -> Pseudonymizer:
         """Called inside the write transaction, so a new secret is created exactly once."""
-        if self._pseudo is None:
-            row = conn.execute("SELECT value FROM settings WHERE key = 'client_secret'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO settings VALUES ('client_secret', ?)", (secrets.token_hex(32),)
-                )
+        with self._pseudo_lock:
+            if self._pseudo is None:
                 row = conn.execute(
                     "SELECT value FROM settings WHERE key = 'client_secret'"
                 ).fetchone()
-            self._pseudo = Pseudonymizer(self.privacy, bytes.fromhex(row[0]), self.group_of)
-        return self._pseudo
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO settings VALUES ('client_secret', ?)",
+                        (secrets.token_hex(32),),
+                    )
+                    row = conn.execute(
+                        "SELECT value FROM settings WHERE key = 'client_secret'"
+                    ).fetchone()
+                self._secret = bytes.fromhex(row[0])
+                self._pseudo = Pseudonymizer(self.privacy, self._secret, self.group_of)
+            return self._pseudo
 
     def _write(self, conn: sqlite3.Connection) -> None:
         # Hits written more than RECORDER_LATE_SECONDS late: the recorder was behind.
@@ -1341,7 +1380,12 @@ class Recorder:
                 "recorder_lag = max(recorder_lag, excluded.recorder_lag)",
                 (minute, *c, lag),
             )
+        if not self._first_start_written:
+            conn.execute(
+                "INSERT OR IGNORE INTO settings VALUES ('first_start', ?)", (str(self.created),)
+            )
         conn.execute("COMMIT")
+        self._first_start_written = True
         self.written += self.buffered
         self.buffer = {}
         self.coarse = {}

@@ -11,6 +11,8 @@ import ipaddress
 import struct
 from enum import IntEnum
 
+from resolver.presentation import name_from_labels
+
 HEADER = struct.Struct("!HHHHHH")
 U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
@@ -189,7 +191,7 @@ def _parse_query(wire: bytes) -> Query:
     q.qtype, q.qclass = wire[pos] << 8 | wire[pos + 1], wire[pos + 2] << 8 | wire[pos + 3]
     pos += 4
     q.question_end = pos
-    q.name = b".".join(labels).decode("latin-1").lower()
+    q.name = name_from_labels(labels)
     if ancount or nscount or arcount:
         _parse_extra(q, wire, pos, ancount + nscount, arcount)
     # Lowercase only the name: qtype/qclass bytes may be ASCII letters, lengths never are.
@@ -299,7 +301,7 @@ def read_name(wire: bytes, pos: int) -> tuple[str, int]:
             raise WireError("name longer than 255 bytes")
         labels.append(wire[pos + 1 : pos + 1 + n])
         pos += n + 1
-    return b".".join(labels).decode("latin-1").lower(), end_pos
+    return name_from_labels(labels), end_pos
 
 
 class Answer:
@@ -411,6 +413,14 @@ def header_flags(query: Query, rcode: int, aa: bool = False) -> int:
     return QR | (query.flags & (OPCODE_MASK | RD | CD)) | RA | (AA if aa else 0) | (rcode & 0xF)
 
 
+def forwarded_flags(response: bytes) -> bytes:
+    """An upstream's answer with the flags we answer with: AA cleared, since we are not
+    the authority (RFC 1035 4.1.1), RA set, since we recurse for our clients, Z cleared
+    whatever the upstream echoed; every other bit (TC, AD, CD, RCODE) as it came."""
+    flags = ((response[2] << 8 | response[3]) & ~(AA | Z)) | RA
+    return response[:2] + U16.pack(flags) + response[4:]
+
+
 def opt_record(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
     ttl = (ext_rcode << 24) | (0x8000 if do else 0)
     return b"\x00" + RR_FIXED.pack(QType.OPT, EDNS_PAYLOAD, ttl, len(options)) + options
@@ -443,7 +453,10 @@ def error_response(wire: bytes, rcode: int) -> bytes | None:
                 question, qdcount, edns = wire[12:end], 1, True
             except WireError:
                 pass
-    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | RA | (rcode & 0xF)
+    # RA is defined for QUERY only (RFC 1035 4.1.1): a NOTIMP answer to another opcode
+    # claims nothing about recursion (RFC 8906 §8).
+    ra = RA if not flags & OPCODE_MASK else 0
+    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | ra | (rcode & 0xF)
     opt = opt_record(do, rcode >> 4) if edns or rcode > 15 else b""
     return HEADER.pack(ident, out_flags, qdcount, 0, 0, 1 if opt else 0) + question + opt
 

@@ -831,14 +831,15 @@ def test_group_mode_report_hides_addresses_left_from_ip_mode(tmp_path: Path) -> 
     assert all("10.1.9.7" not in rpt.RENDERERS[f](report) for f in FORMATS if f != "csv")
 
 
-def test_gaps_show_downtime_hours_and_recorder_lag(tmp_path: Path) -> None:
+def test_gaps_are_minute_precise_downtime_and_recorder_lag(tmp_path: Path) -> None:
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
     down_lo, down_hi = t0 + 86400 + 10 * 3600, t0 + 86400 + 12 * 3600  # Tue 10:00-12:00
     lag = {t0 + 3 * 86400 + 60 * k for k in (0, 1, 2, 10)}  # a 3-minute run and one minute
-    # A restart that misses a few minutes inside an hour is not downtime of that hour.
-    blip = set(range(t0 + 5 * 86400, t0 + 5 * 86400 + 300, 60))
+    # A restart that misses five minutes is five minutes of downtime, not an hour or none.
+    blip_lo = t0 + 5 * 86400 + 7 * 60
+    blip = set(range(blip_lo, blip_lo + 300, 60))
     insert_traffic(
         db,
         [
@@ -854,23 +855,49 @@ def test_gaps_show_downtime_hours_and_recorder_lag(tmp_path: Path) -> None:
         {"start": iso(down_lo), "end": iso(down_hi), "kind": "server-down"},
         {"start": iso(lag_lo), "end": iso(lag_lo + 180), "kind": "recorder-behind"},
         {"start": iso(lag_lo + 600), "end": iso(lag_lo + 660), "kind": "recorder-behind"},
+        {"start": iso(blip_lo), "end": iso(blip_lo + 300), "kind": "server-down"},
     ]
     assert "server-down" in rpt.render_text(report)
-    # The hours after "now" are not downtime: the period is not over yet.
-    report = build(db, start, end, now=datetime.fromtimestamp(t0 + 86400 + 11 * 3600, UTC))
+    # The time after "now" is not downtime (the period is not over yet), nor are the last
+    # minutes before it, whose traffic row a running server may not have written yet.
+    now = t0 + 86400 + 11 * 3600 + 30
+    report = build(db, start, end, now=datetime.fromtimestamp(now, UTC))
     assert report["gaps"] == [
-        {"start": iso(down_lo), "end": iso(down_lo + 3600), "kind": "server-down"}
+        {"start": iso(down_lo), "end": iso(now - rpt.GAP_SETTLE_SECONDS), "kind": "server-down"}
     ]
 
 
-def test_server_never_running_is_one_gap(tmp_path: Path) -> None:
+def test_server_never_running_is_not_yet_running_not_an_outage(tmp_path: Path) -> None:
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
     report = build(db, start, end)
     assert report["gaps"] == [
-        {"start": start.isoformat(), "end": end.isoformat(), "kind": "server-down"}
+        {"start": start.isoformat(), "end": end.isoformat(), "kind": "not-yet-running"}
     ]
+    assert "server-down" not in rpt.render_text(report)
     assert report["totals"]["blocked_share"] is None
+
+
+def test_time_before_the_first_start_is_no_outage(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    first = t0 + 2 * 86400 + 9 * 3600 + 25 * 60 + 17  # Wed 09:25:17, the first start
+    insert_traffic(db, [(m, 5, 0) for m in range(first - first % 60, t1, 60)])
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO settings VALUES ('first_start', ?)", (str(first),))
+    report = build(db, start, end)
+    iso = lambda ts: datetime.fromtimestamp(ts, ZoneInfo(PARIS)).isoformat()  # noqa: E731
+    assert report["gaps"] == [
+        {"start": iso(t0), "end": iso(first - first % 60), "kind": "not-yet-running"}
+    ]
+    # Without the setting (a database of an older version), the first traffic row says it.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM settings WHERE key = 'first_start'")
+        conn.execute("DELETE FROM traffic WHERE minute < ?", (first - first % 60 + 3600,))
+    report = build(db, start, end)
+    assert [g["kind"] for g in report["gaps"]] == ["not-yet-running"]
+    assert report["gaps"][0]["end"] == iso(first - first % 60 + 3600)
 
 
 @pytest.mark.parametrize("case", ["empty", "one-hit", "privacy-none"])

@@ -41,7 +41,12 @@ def assert_same_answer(direct: dns.message.Message, via: dns.message.Message, wh
     assert via.flags & dns.flags.TC == direct.flags & dns.flags.TC, what
     if via.flags & dns.flags.TC:
         return  # both truncated: the client retries over TCP, compared there
-    assert via.flags & dns.flags.AA == direct.flags & dns.flags.AA, what
+    # We are a recursive resolver, not the authority: AA cleared, RA set (RFC 1035 4.1.1),
+    # whatever the upstream said; every other flag as it came.
+    assert not via.flags & dns.flags.AA, what
+    assert via.flags & dns.flags.RA, what
+    assert via.flags & dns.flags.AD == direct.flags & dns.flags.AD, what
+    assert via.flags & dns.flags.CD == direct.flags & dns.flags.CD, what
     assert rrsets(via.answer) == rrsets(direct.answer), what
     assert rrsets(via.authority) == rrsets(direct.authority), what
     assert (via.edns >= 0) == (direct.edns >= 0), what
