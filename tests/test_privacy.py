@@ -1,0 +1,307 @@
+"""The privacy trail and `sinkhole privacy apply`: stored hits rewritten to a stricter mode,
+with rollups exactly as if the hits had been recorded that way from the start."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from resolver import privacy as pv
+from resolver.store import Pseudonymizer, Store, connect
+from tests.test_report import (
+    assert_rollups_exact,
+    generate_hits,
+    make_db,
+    rollup_tables,
+)
+
+#: Monday 2026-03-23 00:00 UTC and five days of hits from there.
+T0 = int(datetime(2026, 3, 23, tzinfo=UTC).timestamp())
+DAYS = 5
+
+
+def hits(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT * FROM hits ORDER BY id").fetchall()
+    conn.close()
+    return rows
+
+
+def audit(db: Path) -> list[dict]:
+    with Store(db) as store:
+        return store.history(1000)[::-1]
+
+
+def secret(db: Path) -> bytes:
+    with Store(db) as store:
+        return store.secret()
+
+
+def from_scratch(db: Path, rows: list[tuple], name: str) -> dict[str, list[tuple]]:
+    """The rollups of `rows` (as `hits` holds them) inserted into a fresh database, hit by
+    hit in id order, through the trigger on `hits`."""
+    fresh = make_db(db.with_name(f"fresh-{name}.db"))
+    conn = sqlite3.connect(fresh)
+    with conn:
+        conn.executemany(f"INSERT INTO hits VALUES ({', '.join('?' * 11)})", rows)
+    conn.close()
+    return rollup_tables(fresh)
+
+
+def seeded(tmp_path: Path, start: str, seed: int = 11, n: int = 4000) -> Path:
+    """Random hits over five days from CLIENTS, recorded with `ip`, or with `mixed`: the
+    first two days with ip, the next two with hashed (the same clients' pseudonyms), the
+    last with group. The hits' addresses, in id order, go to `addresses`."""
+    db = make_db(tmp_path / "s.db")
+    generate_hits(db, n, T0, T0 + DAYS * 86400, seed=seed, writer="recorder")
+    addresses[db] = [r[2] for r in hits(db)]
+    if start == "mixed":
+        pseudo = Pseudonymizer("hashed", secret(db), lambda c: None)
+        rows = hits(db)
+        fresh = [
+            (
+                None,
+                r[1],
+                None
+                if r[1] >= T0 + 4 * 86400
+                else pseudo(r[2])[0]
+                if r[1] >= T0 + 2 * 86400
+                else r[2],
+                *r[3:],
+            )
+            for r in rows
+        ]
+        # Written again as a server would have, mode after mode.
+        db.unlink()
+        db = make_db(tmp_path / "s.db")
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("INSERT INTO settings VALUES ('client_secret', ?)", (pseudo.secret.hex(),))
+            conn.executemany(f"INSERT INTO hits VALUES ({', '.join('?' * 11)})", fresh)
+        conn.close()
+    return db
+
+
+addresses: dict[Path, list[str]] = {}
+
+
+def run_apply(db: Path, mode: str, **kw) -> pv.ApplyResult:
+    conn = connect(db)
+    try:
+        return pv.apply(conn, mode, command=f"sinkhole privacy apply ({mode})", pause=0, **kw)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("batch_rows", [97, pv.APPLY_BATCH_ROWS])
+@pytest.mark.parametrize("start", ["ip", "mixed"])
+def test_apply_leaves_the_rollups_of_hits_recorded_that_way(
+    tmp_path: Path, start: str, batch_rows: int
+) -> None:
+    # Batches of 97 hits end anywhere in an hour; those of 5,000 take a day or more.
+    db = seeded(tmp_path, start)
+    key = secret(db)
+    original = addresses[db]
+    pseudo = Pseudonymizer("hashed", key, lambda c: None)
+    for mode in ("hashed", "group", "none"):
+        before = hits(db)
+        result = run_apply(db, mode, batch_rows=batch_rows)
+        after = hits(db)
+        # Column by column: only the client and its group change, and only to what the
+        # recorder would have written in that mode.
+        assert len(after) == len(before) == len(original)
+        changed = 0
+        for old, new, address in zip(before, after, original, strict=True):
+            assert new[:2] == old[:2] and new[4:] == old[4:]
+            if mode == "hashed":
+                want_client = None if old[2] is None else pseudo(address)[0]
+                assert new[2:4] == (want_client, old[3])
+            elif mode == "group":
+                assert new[2:4] == (None, old[3])
+            else:
+                assert new[2:4] == (None, None)
+            changed += new != old
+        assert changed > 0 and result.rewritten == changed and result.complete
+        assert rollup_tables(db) == from_scratch(db, after, mode)
+        assert_rollups_exact(db)
+        # Again: nothing left to do, nothing written, no audit row.
+        rows_audit = len(audit(db))
+        again = run_apply(db, mode)
+        assert (again.rewritten, again.complete) == (0, True)
+        assert hits(db) == after and len(audit(db)) == rows_audit
+    trail = [json.loads(a["detail"]) for a in audit(db)]
+    assert [(d["to"], d["complete"]) for d in trail] == [
+        ("hashed", True),
+        ("group", True),
+        ("none", True),
+    ]
+    assert all(d["rewritten"] > 0 and d["done"] == d["until"] for d in trail)
+
+
+def test_ip_to_hashed_merges_a_client_with_its_later_pseudonym(tmp_path: Path) -> None:
+    # 10.1.9.7 at 09:59:50 (recorded with ip) and its pseudonym at 10:00:10 (recorded with
+    # hashed, after a restart): two attempts as stored, one once both are pseudonyms, and
+    # the second lookup is in the hour after the one apply rewrites.
+    db = make_db(tmp_path / "s.db")
+    pseudo = Pseudonymizer("hashed", secret(db), lambda c: None)
+    t = T0 + 10 * 3600
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany(
+            "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, "
+            "rule, action) VALUES (?, ?, 'ai-lab', 'claude.ai', 'A', 'anthropic-claude', "
+            "'ai-chatbots', 'claude.ai', 'null')",
+            [(t - 10, "10.1.9.7"), (t + 10, pseudo("10.1.9.7")[0])],
+        )
+    conn.close()
+
+    def attempts() -> int:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT SUM(attempts) FROM hits_hour_client").fetchone()[0]
+
+    assert attempts() == 2
+    assert run_apply(db, "hashed").rewritten == 1
+    assert attempts() == 1
+    assert_rollups_exact(db)
+
+
+def test_apply_interrupted_anywhere_leaves_exact_rollups_and_finishes_on_rerun(
+    tmp_path: Path,
+) -> None:
+    db = seeded(tmp_path, "mixed", seed=5, n=2500)
+    seen: list[int] = []
+
+    def stop_after_three(progress: pv.ApplyResult) -> None:
+        seen.append(progress.rewritten)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_apply(db, "group", progress=stop_after_three, batch_rows=200)
+    # Three batches done and committed, the rest as it was: rollups equal to the hits.
+    assert_rollups_exact(db)
+    partial = json.loads(audit(db)[-1]["detail"])
+    assert partial["complete"] is False and partial["rewritten"] == seen[-1]
+    assert partial["batches"] == 3 and partial["done"] < partial["until"]
+    with sqlite3.connect(db) as conn:
+        left = conn.execute("SELECT COUNT(*) FROM hits WHERE client IS NOT NULL").fetchone()[0]
+        done_early = conn.execute(
+            "SELECT COUNT(*) FROM hits WHERE client IS NOT NULL AND ts < ?", (partial["done"],)
+        ).fetchone()[0]
+    conn.close()
+    assert left > 0 and done_early == 0
+    result = run_apply(db, "group")
+    assert result.rewritten == left and result.complete
+    assert rollup_tables(db) == from_scratch(db, hits(db), "rerun")
+
+
+def test_apply_never_loosens_and_ip_is_nothing_to_do(tmp_path: Path) -> None:
+    db = seeded(tmp_path, "ip", n=600)
+    before = hits(db)
+    assert run_apply(db, "ip").rewritten == 0 and hits(db) == before
+    run_apply(db, "group")
+    grouped = hits(db)
+    # A hashed apply after group: no pseudonym is made up for a client no row holds.
+    assert run_apply(db, "hashed").rewritten == 0 and hits(db) == grouped
+    assert all(r[2] is None for r in grouped)
+
+
+def test_dry_run_counts_and_writes_nothing(tmp_path: Path) -> None:
+    db = seeded(tmp_path, "mixed", n=1500)
+    before, trail, tables = hits(db), audit(db), rollup_tables(db)
+    with sqlite3.connect(db) as conn:
+        want = conn.execute("SELECT COUNT(*) FROM hits WHERE client NOT LIKE 'h:%'").fetchone()[0]
+    conn.close()
+    dry = run_apply(db, "hashed", dry_run=True)
+    assert dry.rewritten == want > 0
+    assert hits(db) == before and audit(db) == trail and rollup_tables(db) == tables
+    assert run_apply(db, "hashed").rewritten == want
+
+
+def test_hashed_apply_creates_the_key_the_recorder_then_uses(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO hits (ts, client, qname, qtype, rule, action) "
+            "VALUES (?, '10.2.3.4', 'chatgpt.com', 'A', 'chatgpt.com', 'null')",
+            (T0,),
+        )
+        assert conn.execute("SELECT 1 FROM settings WHERE key = 'client_secret'").fetchone() is None
+    conn.close()
+    run_apply(db, "hashed")
+    want = Pseudonymizer("hashed", secret(db), lambda c: None)("10.2.3.4")[0]
+    assert hits(db)[0][2] == want and want.startswith("h:")
+
+
+# -- the trail --------------------------------------------------------------------------------
+
+
+def test_a_mode_is_recorded_once_per_change_with_who_and_from(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    for mode in ("ip", "ip", "hashed", "hashed", "group", "ip"):
+        pv.record_server_mode(str(db), mode, "start")
+    rows = audit(db)
+    assert [json.loads(r["detail"]) for r in rows] == [
+        {"privacy": "mode", "from": None, "to": "ip"},
+        {"privacy": "mode", "from": "ip", "to": "hashed"},
+        {"privacy": "mode", "from": "hashed", "to": "group"},
+        {"privacy": "mode", "from": "group", "to": "ip"},
+    ]
+    assert rows[1]["command"] == "privacy.clients ip -> hashed"
+    assert all(r["user"] and r["ts"] for r in rows)
+    with pytest.raises(pv.SinkholeError, match="unknown privacy mode"):
+        pv.record_server_mode(str(db), "everything", "start")
+
+
+def test_periods_follow_the_trail_and_the_rewrites() -> None:
+    h = 3600
+    changes = [pv.ModeChange(T0 + 10 * h, "ip", None), pv.ModeChange(T0 + 30 * h, "hashed", "ip")]
+    rewrites = [pv.Rewrite(T0 + 50 * h, "group", T0 + 40 * h, T0 + 20 * h, 7)]
+
+    def spans(t0: int, t1: int, rw=rewrites, default="none"):
+        return [
+            (p.start - T0, p.end - T0, p.clients, p.recorded, p.rewritten)
+            for p in pv.periods(changes, rw, t0, t1, default)
+        ]
+
+    # Before the first recorded mode: that mode. An interrupted rewrite covers its `done`.
+    assert spans(T0, T0 + 60 * h) == [
+        (0, 20 * h, "group", "ip", T0 + 50 * h),
+        (20 * h, 30 * h, "ip", "ip", None),
+        (30 * h, 60 * h, "hashed", "hashed", None),
+    ]
+    assert spans(T0, T0 + 60 * h, rw=[]) == [
+        (0, 30 * h, "ip", "ip", None),
+        (30 * h, 60 * h, "hashed", "hashed", None),
+    ]
+    assert spans(T0 + 31 * h, T0 + 32 * h) == [(31 * h, 32 * h, "hashed", "hashed", None)]
+    # Without any recorded mode: the config's.
+    assert [p.clients for p in pv.periods([], [], T0, T0 + h, "hashed")] == ["hashed"]
+
+
+def test_stricter_orders_the_modes() -> None:
+    assert pv.stricter("ip", "hashed") == "hashed"
+    assert pv.stricter("none", "group") == "none"
+    assert pv.stricter("group", "group") == "group"
+    assert [m for m in pv.STRICTNESS] == ["ip", "hashed", "group", "none"]
+
+
+def test_unreadable_trail_rows_are_left_out(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    pv.record_server_mode(str(db), "hashed", "start")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO audit (ts, command, detail) VALUES ('2026-03-24T00:00:00+00:00', 'x', ?)",
+            ('{"privacy": "mode", "to": "everything"}',),
+        )
+        conn.execute(
+            "INSERT INTO audit (ts, command, detail) VALUES ('not a time', 'x', ?)",
+            ('{"privacy": "mode", "to": "ip"}',),
+        )
+        changes, rewrites = pv.read_trail(conn)
+    conn.close()
+    assert [c.mode for c in changes] == ["hashed"] and rewrites == []
