@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from resolver.config import PRIVACY_MODES
 from resolver.errors import SinkholeError, StoreError
@@ -78,9 +78,14 @@ def _epoch(stamp: str) -> int:
 
 
 def read_trail(conn: sqlite3.Connection) -> tuple[list[ModeChange], list[Rewrite]]:
-    """The privacy rows of `audit`, oldest first; a row that cannot be read is left out."""
+    """The privacy rows of `audit`, oldest first; a row that cannot be read is left out,
+    and a database without `audit` (made by other tools) has no trail."""
     changes: list[ModeChange] = []
     rewrites: list[Rewrite] = []
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
+    ).fetchone():
+        return changes, rewrites
     rows = conn.execute(
         "SELECT ts, detail FROM audit WHERE detail LIKE ? ORDER BY id", (DETAIL_PREFIX + "%",)
     )
@@ -106,11 +111,16 @@ def last_mode(conn: sqlite3.Connection) -> ModeChange | None:
 
 
 def record_mode(
-    conn: sqlite3.Connection, mode: str, *, reason: str, user: str | None = None
+    conn: sqlite3.Connection,
+    mode: str,
+    *,
+    reason: str,
+    user: str | None = None,
+    at: int | None = None,
 ) -> bool:
     """Add an audit row when `mode` is not the last mode recorded, in one write
     transaction; True when it added one. The server calls it at start and at every reload
-    with the mode it records with from then on."""
+    with the mode it records with from then on (`at`: that moment, default now)."""
     if mode not in STRICTNESS:
         raise SinkholeError(f"unknown privacy mode {mode!r} (one of {', '.join(STRICTNESS)})")
     conn.execute("BEGIN IMMEDIATE")
@@ -124,7 +134,7 @@ def record_mode(
         conn.execute(
             "INSERT INTO audit (ts, user, command, comment, detail) VALUES (?, ?, ?, ?, ?)",
             (
-                utcnow_text(),
+                utcnow_text() if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
                 user or os_user(),
                 f"privacy.clients {previous or '(none recorded)'} -> {mode}",
                 f"recorded by the server at {reason}",
@@ -155,7 +165,8 @@ def record_server_mode(db_path: str, mode: str, reason: str) -> bool:
 @dataclass(frozen=True)
 class Period:
     """A stretch of time whose stored hits hold `clients` (a mode), recorded with
-    `recorded` and rewritten by `sinkhole privacy apply` at `rewritten` (or never)."""
+    `recorded`; `rewritten`: when `sinkhole privacy apply` rewrote them to `clients`
+    where they held more (None: never)."""
 
     start: int
     end: int
@@ -193,8 +204,10 @@ def periods(
     for a, b in zip(cuts, cuts[1:], strict=False):
         rec = recorded(a)
         clients, when = rec, None
-        for r in rewrites:  # oldest first: the last one that changed the rows says when
-            if r.done > a and stricter(clients, r.mode) != clients:
+        # Oldest first; the last that leaves the hits in their mode says when. It may not
+        # have changed them: the mode of hits older than the trail is a guess.
+        for r in rewrites:
+            if r.done > a and stricter(clients, r.mode) == r.mode:
                 clients, when = r.mode, r.ts
         if out and (out[-1].clients, out[-1].recorded, out[-1].rewritten) == (clients, rec, when):
             out[-1] = Period(out[-1].start, b, clients, rec, when)
@@ -230,6 +243,9 @@ class ApplyResult:
     batches: int = 0
     done: int = 0
     complete: bool = False
+    #: The write-ahead log was emptied into the database at the end, so the old values
+    #: are in neither file; False when another connection kept it busy.
+    checkpointed: bool = False
 
 
 def pending(conn: sqlite3.Connection, mode: str, until: int) -> int:
@@ -371,6 +387,9 @@ def apply(
     if dry_run:
         result.rewritten = pending(conn, mode, until)
         return result
+    # What is rewritten must leave the file: SQLite overwrites freed content with zeros,
+    # and the checkpoint at the end takes the old pages out of the write-ahead log.
+    conn.execute("PRAGMA secure_delete = ON")
     # The pseudonymizer is made in the first write transaction, which creates the key
     # when no hashed hit was ever written.
     pseudo: list[Pseudonymizer] = []
@@ -428,6 +447,9 @@ def apply(
                 conn.execute("ROLLBACK")
             raise
         if result.complete:
+            if result.rewritten:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                result.checkpointed = not busy
             return result
         if progress is not None:
             progress(result)

@@ -7,14 +7,21 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from resolver import privacy as pv
+from resolver import report as rpt
 from resolver.store import Pseudonymizer, Store, connect
 from tests.test_report import (
+    CLIENTS,
+    FORMATS,
+    PARIS,
     assert_rollups_exact,
+    build,
     generate_hits,
+    insert_hits,
     make_db,
     rollup_tables,
 )
@@ -279,6 +286,13 @@ def test_periods_follow_the_trail_and_the_rewrites() -> None:
         (30 * h, 60 * h, "hashed", "hashed", None),
     ]
     assert spans(T0 + 31 * h, T0 + 32 * h) == [(31 * h, 32 * h, "hashed", "hashed", None)]
+    # A rewrite to the mode the hits were recorded with still says they were rewritten:
+    # where the trail does not reach, the recorded mode is a guess.
+    same = [pv.Rewrite(T0 + 50 * h, "hashed", T0 + 50 * h, T0 + 50 * h, 7)]
+    assert spans(T0 + 20 * h, T0 + 40 * h, rw=same) == [
+        (20 * h, 30 * h, "hashed", "ip", T0 + 50 * h),
+        (30 * h, 40 * h, "hashed", "hashed", T0 + 50 * h),
+    ]
     # Without any recorded mode: the config's.
     assert [p.clients for p in pv.periods([], [], T0, T0 + h, "hashed")] == ["hashed"]
 
@@ -305,3 +319,189 @@ def test_unreadable_trail_rows_are_left_out(tmp_path: Path) -> None:
         changes, rewrites = pv.read_trail(conn)
     conn.close()
     assert [c.mode for c in changes] == ["hashed"] and rewrites == []
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def paris(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(PARIS)).timestamp())
+
+
+def trail(db: Path, *modes: tuple[str, str]) -> None:
+    """Mode changes as the server records them, at the given Paris times."""
+    conn = connect(db)
+    for at, mode in modes:
+        pv.record_mode(conn, mode, reason="start", at=paris(at))
+    conn.close()
+
+
+def chat(ts: int, client: str | None, group: str | None) -> tuple:
+    return (ts, client, group, "chatgpt.com", "A", "openai-chatgpt", "ai-chatbots", 1)
+
+
+def rendered(report: dict) -> dict[str, str]:
+    return {fmt: rpt.RENDERERS[fmt](report) for fmt in FORMATS}
+
+
+def test_report_says_which_mode_held_when_and_after_apply_that_hits_were_rewritten(
+    tmp_path: Path,
+) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    trail(db, ("2026-03-01T08:00", "ip"), ("2026-03-24T14:10", "hashed"))
+    pseudo = Pseudonymizer("hashed", secret(db), lambda c: None)
+    insert_hits(
+        db,
+        [
+            chat(paris("2026-03-23T09:00"), "10.1.9.7", "ai-lab"),
+            chat(paris("2026-03-24T10:00"), "10.2.3.4", "finance"),
+            chat(paris("2026-03-25T09:00"), pseudo("10.1.9.7")[0], "ai-lab"),
+        ],
+    )
+    report = build(db, start, end, privacy="hashed")
+    privacy = report["privacy"]
+    assert privacy["clients"] == "hashed" and privacy["clients_listed"] is True
+    assert privacy["periods"] == [
+        {
+            "clients": "ip",
+            "recorded": "ip",
+            "rewritten": None,
+            "from": "2026-03-23T00:00:00+01:00",
+            "until": "2026-03-24T14:10:00+01:00",
+        },
+        {
+            "clients": "hashed",
+            "recorded": "hashed",
+            "rewritten": None,
+            "from": "2026-03-24T14:10:00+01:00",
+            "until": "2026-03-30T00:00:00+02:00",
+        },
+    ]
+    assert "IP addresses until Tue 14:10, pseudonyms since" in privacy["note"]
+    assert "counts twice" in privacy["note"]
+    # One person, two rows: as an address before the change, as a pseudonym after.
+    assert sorted(c["client"] for c in report["top_clients"]) == sorted(
+        ["10.1.9.7", "10.2.3.4", pseudo("10.1.9.7")[0]]
+    )
+    out = rendered(report)
+    for fmt in ("text", "markdown", "html"):
+        assert "Top clients (IP addresses until Tue 14:10, pseudonyms since)" in out[fmt]
+        assert "IP addresses until Tue 14:10, pseudonyms since" in out[fmt]
+    assert out["csv"].splitlines()[1:] == [
+        "2026-03-23,openai-chatgpt,ai-chatbots,ai-lab,1,1,ip",
+        '2026-03-24,openai-chatgpt,ai-chatbots,finance,1,1,"ip until 14:10, hashed since"',
+        "2026-03-25,openai-chatgpt,ai-chatbots,ai-lab,1,1,hashed",
+    ]
+
+    run_apply(db, "hashed")
+    report = build(db, start, end, privacy="hashed")
+    privacy = report["privacy"]
+    assert [(p["clients"], p["recorded"]) for p in privacy["periods"]] == [
+        ("hashed", "ip"),
+        ("hashed", "hashed"),
+    ]
+    rewritten = {p["rewritten"] for p in privacy["periods"]}
+    assert len(rewritten) == 1 and None not in rewritten
+    assert "The hits of the whole period were rewritten on" in privacy["note"]
+    assert "pseudonyms instead of IP addresses" in privacy["note"]
+    assert "counts twice" not in privacy["note"]
+    assert {c["client"]: c["blocked"] for c in report["top_clients"]} == {
+        pseudo("10.1.9.7")[0]: 2,
+        pseudo("10.2.3.4")[0]: 1,
+    }
+    out = rendered(report)
+    assert all("10.1.9.7" not in out[fmt] for fmt in FORMATS)
+    assert all("rewritten on" in out[fmt] for fmt in ("text", "markdown", "html", "json"))
+
+
+def test_report_lists_clients_only_for_the_part_that_holds_them(tmp_path: Path) -> None:
+    # ip, then group from Wed 12:00, then ip again from Fri 08:00.
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    trail(
+        db,
+        ("2026-03-01T08:00", "ip"),
+        ("2026-03-25T12:00", "group"),
+        ("2026-03-27T08:00", "ip"),
+    )
+    insert_hits(
+        db,
+        [
+            chat(paris("2026-03-23T09:00"), "10.1.9.7", "ai-lab"),
+            chat(paris("2026-03-26T09:00"), None, "ai-lab"),
+            chat(paris("2026-03-26T09:01"), None, "finance"),
+            chat(paris("2026-03-27T09:00"), "10.2.3.4", "finance"),
+        ],
+    )
+    report = build(db, start, end, privacy="ip")
+    note = report["privacy"]["note"]
+    assert report["privacy"]["clients"] == "ip"
+    assert "IP addresses until Wed 12:00, client groups only until Fri 08:00" in note
+    assert "cover only the hits until Wed 12:00 and since Fri 08:00" in note
+    assert "approximate" in note
+    assert report["totals"]["clients"] == 2
+    assert [c["client"] for c in report["top_clients"]] == ["10.1.9.7", "10.2.3.4"]
+    assert {g["group"]: g["blocked"] for g in report["groups"]} == {
+        "ai-lab": 2,
+        "finance": 2,
+        "other": 0,
+    }
+
+    # The config now records no client: nothing is listed, and the note says why.
+    report = build(db, start, end, privacy="group")
+    assert report["privacy"]["clients_listed"] is False and report["top_clients"] == []
+    assert report["totals"]["clients"] is None
+    note = report["privacy"]["note"]
+    assert "Clients are not listed: privacy.clients is now group" in note
+    assert "the hits until Wed 12:00 and since Fri 08:00 hold client identities" in note
+    out = rendered(report)
+    for fmt in ("text", "markdown", "html"):
+        assert "Clients are not listed in the current privacy mode" in out[fmt]
+        assert "10.1.9.7" not in out[fmt]
+
+
+def test_report_keeps_groups_for_the_part_recorded_with_them(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    trail(db, ("2026-03-01T08:00", "group"), ("2026-03-25T12:00", "none"))
+    insert_hits(
+        db,
+        [
+            chat(paris("2026-03-23T09:00"), None, "ai-lab"),
+            chat(paris("2026-03-26T09:00"), None, None),
+        ],
+    )
+    report = build(db, start, end, privacy="none")
+    assert report["privacy"]["clients"] == "none"
+    note = report["privacy"]["note"]
+    assert "client groups only until Wed 12:00, neither clients nor groups since" in note
+    assert {g["group"]: g["blocked"] for g in report["groups"]} == {
+        "ai-lab": 1,
+        "finance": 0,
+        "other": 1,
+    }
+    assert "Clients are not recorded (privacy mode: none)" in rpt.render_text(report)
+
+
+def test_a_long_period_dates_its_changes(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "s.db")
+    trail(db, ("2026-03-01T08:00", "ip"), ("2026-03-24T14:10", "hashed"))
+    start = datetime(2026, 3, 1, tzinfo=ZoneInfo(PARIS))
+    end = datetime(2026, 4, 1, tzinfo=ZoneInfo(PARIS))
+    note = build(db, start, end, privacy="hashed")["privacy"]["note"]
+    assert "IP addresses until Tue 2026-03-24 14:10, pseudonyms since" in note
+
+
+def test_rewritten_addresses_leave_the_database_file(tmp_path: Path) -> None:
+    db = seeded(tmp_path, "ip", n=1500)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert b"10.1.9.7" in db.read_bytes()
+    result = run_apply(db, "group", batch_rows=200)
+    assert result.checkpointed and result.rewritten == 1500
+    wal = db.with_name(db.name + "-wal")
+    for path in (db, wal):
+        data = path.read_bytes() if path.exists() else b""
+        assert all(ip.encode() not in data for ip, _ in CLIENTS), path
