@@ -3,17 +3,27 @@ with rollups exactly as if the hits had been recorded that way from the start.""
 
 from __future__ import annotations
 
+import collections
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from resolver import privacy as pv
 from resolver import report as rpt
 from resolver.store import Pseudonymizer, Store, connect
+from tests.conftest import REPO_ROOT, run_cli
+from tests.dnstest.daemons import stop_by_pid
+from tests.test_recording import ask_many, blocked_jobs, db_rows, stop, wait_for
 from tests.test_report import (
     CLIENTS,
     FORMATS,
@@ -505,3 +515,149 @@ def test_rewritten_addresses_leave_the_database_file(tmp_path: Path) -> None:
     for path in (db, wal):
         data = path.read_bytes() if path.exists() else b""
         assert all(ip.encode() not in data for ip, _ in CLIENTS), path
+
+
+# -- a real server ------------------------------------------------------------------------------
+
+
+def trail_modes(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        modes = [c.mode for c in pv.read_trail(conn)[0]]
+    conn.close()
+    return modes
+
+
+def newest_hit(db: Path, qname: str) -> tuple | None:
+    rows = db_rows(
+        db, "SELECT client, client_group FROM hits WHERE qname = ? ORDER BY id", (qname,)
+    )
+    return rows[-1] if rows else None
+
+
+def stored_mode(row: tuple) -> str:
+    client, group = row
+    if client is None:
+        return "group" if group else "none"
+    return "hashed" if client.startswith("h:") else "ip"
+
+
+def test_server_records_its_mode_at_start_once_per_change(sinkhole, tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    runs = (("ip", "127.0.0.2"), ("ip", "127.0.0.3"), ("hashed", "127.0.0.4"))
+    for n, (mode, client) in enumerate(runs, 1):
+        server = sinkhole({"database": str(db), "privacy": {"clients": mode}})
+        answered, failures = ask_many(server.address, [(client, "claude.ai", "A")])
+        assert failures == [] and sum(answered.values()) == 1
+        wait_for(f"the hit of run {n}", lambda n=n: hits_of(db, "claude.ai") == n)
+        wait_for(f"{mode} in the trail", lambda mode=mode: trail_modes(db)[-1:] == [mode])
+        stop(server)
+    # The second start, with the mode already recorded, added nothing.
+    assert trail_modes(db) == ["ip", "hashed"]
+    rows = audit(db)
+    assert rows[-1]["command"] == "privacy.clients ip -> hashed"
+    assert rows[-1]["comment"] == "recorded by the server at start"
+
+
+def hits_of(db: Path, qname: str) -> int:
+    if not db.exists():
+        return 0
+    return db_rows(db, "SELECT COALESCE(SUM(count), 0) FROM hits WHERE qname = ?", (qname,))[0][0]
+
+
+def test_after_a_reload_the_trail_agrees_with_the_hits_written(sinkhole, tmp_path: Path) -> None:
+    # Whatever a reload changes in the recorder, the trail must say what the hits hold.
+    server = sinkhole({"privacy": {"clients": "ip"}})
+    db = Path(server.config["database"])
+    wait_for("ip in the trail", lambda: trail_modes(db) == ["ip"])
+    server.config["privacy"] = {"clients": "hashed"}
+    server.config_path.write_text(yaml.safe_dump(server.config, sort_keys=False))
+    server.reload()
+    wait_for("the reload", lambda: "reloaded config" in server.stderr_text())
+    answered, failures = ask_many(server.address, [("127.0.0.5", "perplexity.ai", "A")])
+    assert failures == [] and sum(answered.values()) == 1
+    wait_for("the hit", lambda: newest_hit(db, "perplexity.ai") is not None)
+    wait_for(
+        "the trail to say what the hit holds",
+        lambda: trail_modes(db)[-1] == stored_mode(newest_hit(db, "perplexity.ai")),
+    )
+    assert "not recorded in the audit trail" not in stop(server)
+
+
+def test_apply_beside_a_running_server_loses_no_hit_and_no_answer(sinkhole, tmp_path: Path) -> None:
+    # Three days of old hits recorded with ip; the server now records hashed, and apply
+    # rewrites the old hits while clients keep asking.
+    db = make_db(tmp_path / "live.db")
+    # Recent, so that the server's retention purge at start leaves them.
+    t0 = int(time.time()) // 3600 * 3600 - 4 * 86400
+    old = generate_hits(db, 30_000, t0, t0 + 3 * 86400, seed=9, writer="recorder")
+    seeded_total = sum(h[7] for h in old)
+    server = sinkhole({"database": str(db), "privacy": {"clients": "hashed"}})
+    wait_for("hashed in the trail", lambda: trail_modes(db) == ["hashed"])
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "resolver", "privacy", "apply", "--config", str(server.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "SINKHOLE_DB": str(db)},
+    )
+    sent: collections.Counter = collections.Counter()
+    rounds = 0
+    try:
+        while apply.poll() is None or rounds == 0:
+            answered, failures = ask_many(server.address, blocked_jobs(1))
+            assert failures == []
+            sent.update(answered)
+            rounds += 1
+        out, err = apply.communicate(timeout=60)
+    finally:
+        stop_by_pid(apply, signal.SIGTERM, 5)
+    assert apply.returncode == 0, err
+    assert out.startswith("rewrote 30000 hits to hashed") and err == ""
+    stop(server)
+    # Every hit is there: the old ones rewritten, the new ones as the server wrote them.
+    total = db_rows(db, "SELECT SUM(count) FROM hits")[0][0]
+    assert total == seeded_total + sum(sent.values()) and sum(sent.values()) > 0
+    clients = {c for (c,) in db_rows(db, "SELECT DISTINCT client FROM hits")}
+    assert clients and all(c.startswith("h:") for c in clients)
+    assert_rollups_exact(db)
+    start, end = datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t0 + 3 * 86400, UTC)
+    report = build(db, start, end, privacy="hashed", now=datetime.now(UTC))
+    assert "were rewritten on" in report["privacy"]["note"]
+    assert {p["clients"] for p in report["privacy"]["periods"]} == {"hashed"}
+    entry = audit(db)[-1]
+    assert entry["command"] == "sinkhole privacy apply"
+    assert json.loads(entry["detail"])["rewritten"] == 30_000
+
+
+def test_apply_command_says_what_it_does_and_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = seeded(tmp_path, "ip", n=800)
+    monkeypatch.setenv("SINKHOLE_DB", str(db))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"database: {db}\nprivacy: {{clients: group}}\n")
+    dry = run_cli("privacy", "apply", "--config", str(config), "--dry-run")
+    assert (dry.returncode, dry.stdout) == (0, "would rewrite 800 hits to group\n")
+    # The trail says the server still records ip: new hits would not be rewritten.
+    pv.record_server_mode(str(db), "ip", "start")
+    done = run_cli("privacy", "apply", "--config", str(config), "--comment", "DPO, ticket 12")
+    assert done.returncode == 0 and done.stdout.startswith("rewrote 800 hits to group")
+    assert done.stderr.count("\n") == 1 and "the server records with ip" in done.stderr
+    assert audit(db)[-1]["comment"] == "DPO, ticket 12"
+    again = run_cli("privacy", "apply", "--config", str(config))
+    assert again.returncode == 0 and again.stdout.startswith("nothing to rewrite")
+    config.write_text(f"database: {db}\nprivacy: {{clients: ip}}\n")
+    loose = run_cli("privacy", "apply", "--config", str(config))
+    assert loose.returncode == 0 and "nothing to rewrite" in loose.stdout
+    for args, message in (
+        (["--db", str(tmp_path / "nope.db")], "nope.db: database not found"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+    ):
+        bad = run_cli("privacy", "apply", *args)
+        assert bad.returncode == 1 and message in bad.stderr
+        assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    config.write_text(f"database: {db}\nprivacy: {{clients: everyone}}\n")
+    bad = run_cli("privacy", "apply", "--config", str(config))
+    assert bad.returncode == 1 and "privacy.clients" in bad.stderr and "c.yaml" in bad.stderr
