@@ -603,7 +603,8 @@ def _query_report(
                    COUNT(DISTINCT {client}), COALESCE(MAX(ident LIKE 'group:%'), 0)
             FROM isum WHERE {chat}"""
     ).fetchone()
-    approximate = not clients_recorded or bool(anonymous)
+    # Attempts are counted per client where the hits hold one, listed or not.
+    approximate = bool(anonymous) or not any(p.clients in CLIENT_MODES for p in spans)
     # The first and last lookup, by the index on ts from either end of the period.
     first, last = (
         conn.execute(

@@ -471,6 +471,21 @@ def test_report_lists_clients_only_for_the_part_that_holds_them(tmp_path: Path) 
         assert "10.1.9.7" not in out[fmt]
 
 
+def test_hidden_clients_still_count_attempts_exactly(tmp_path: Path) -> None:
+    # Recorded with ip, reported under a config that now says group: the addresses are
+    # not shown, but two people within 5 minutes are still two attempts.
+    db = make_db(tmp_path / "s.db")
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    trail(db, ("2026-03-01T08:00", "ip"))
+    t = paris("2026-03-24T10:00")
+    insert_hits(db, [chat(t, "10.1.9.7", "ai-lab"), chat(t + 60, "10.1.9.8", "ai-lab")])
+    report = build(db, start, end, privacy="group")
+    assert report["top_clients"] == [] and report["totals"]["clients"] is None
+    assert report["totals"]["attempts"] == 2
+    assert "approximate" not in report["privacy"]["note"]
+    assert "the hits of the whole period hold client identities" in report["privacy"]["note"]
+
+
 def test_report_keeps_groups_for_the_part_recorded_with_them(tmp_path: Path) -> None:
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
