@@ -682,6 +682,81 @@ def purge(config_path, db, older_than) -> None:
     click.echo(f"deleted {n} hits older than {older_than or f'{config.privacy.retention_days}d'}")
 
 
+@cli.group("privacy", cls=SinkholeGroup)
+def privacy_group() -> None:
+    """What the stored hits say about clients (privacy.clients)."""
+
+
+@privacy_group.command("apply")
+@common
+@click.option("--dry-run", is_flag=True, help="Count the hits to rewrite; change nothing.")
+@click.option("--comment", help="Why; kept in the audit trail.")
+def privacy_apply(config_path, db, dry_run, comment) -> None:
+    """Rewrite the stored hits to privacy.clients where it is stricter than they are.
+
+    ip -> hashed -> group -> none, never the other way. Runs in short batches beside a
+    running server; safe to interrupt and run again.
+
+    Example: sinkhole privacy apply --config /etc/sinkhole/config.yaml --dry-run
+    """
+    from resolver import privacy as pv
+    from resolver.errors import StoreError
+    from resolver.store import Store
+
+    config = get_config(config_path, db)
+    mode = config.privacy.clients
+    if not Path(config.database).is_file():
+        raise StoreError(f"{config.database}: database not found")
+    if mode == "ip":
+        click.echo("privacy.clients is ip: nothing to rewrite (a pseudonym never turns back)")
+        return
+    done = pv.ApplyResult(mode, 0)
+
+    def progress(result: pv.ApplyResult) -> None:
+        done.rewritten = result.rewritten
+
+    with Store(config.database) as store:
+        last = pv.last_mode(store.conn)
+        if not dry_run and last is not None and pv.stricter(last.mode, mode) != last.mode:
+            click.echo(
+                f"sinkhole: warning: the server records with {last.mode} (audit trail): hits it "
+                f"writes from now on are not rewritten; reload it, then run this again",
+                err=True,
+            )
+        try:
+            result = pv.apply(
+                store.conn,
+                mode,
+                command=command_line(),
+                comment=comment,
+                dry_run=dry_run,
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                f"sinkhole: interrupted: {done.rewritten} hits rewritten to {mode} so far, "
+                "rollups and audit trail with them; run it again to finish",
+                err=True,
+            )
+            sys.exit(130)
+    if dry_run:
+        click.echo(f"would rewrite {result.rewritten} hits to {mode}")
+    elif result.rewritten:
+        click.echo(
+            f"rewrote {result.rewritten} hits to {mode} in {result.batches} "
+            f"batch{'es' if result.batches > 1 else ''} "
+            "(rollups with them; audit trail: sinkhole lists history)"
+        )
+        if not result.checkpointed:
+            click.echo(
+                f"sinkhole: warning: {config.database}-wal still holds the old values: another "
+                "connection kept it busy; they go at its next checkpoint",
+                err=True,
+            )
+    else:
+        click.echo(f"nothing to rewrite: no stored hit holds more than {mode} allows")
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from resolver.errors import SinkholeError, StoreError
 from resolver.presentation import csv_cell, display_name, markdown_text, strip_controls
+from resolver.privacy import Period, periods, read_trail
 from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
 
 SCHEMA_VERSION = 1
@@ -207,23 +208,126 @@ def _iso(ts: int | None, zi: ZoneInfo) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, zi).isoformat()
 
 
+#: What the hits hold about clients in each mode, as the privacy note words it.
+MODE_WORDS = {
+    "ip": "IP addresses",
+    "hashed": "pseudonyms",
+    "group": "client groups only",
+    "none": "neither clients nor groups",
+}
+#: What hits rewritten to each mode keep.
+KEEP_WORDS = {
+    "hashed": "pseudonyms instead of IP addresses",
+    "group": "the client group only",
+    "none": "neither client nor group",
+}
+CLIENT_MODES = ("ip", "hashed")
+
+
+def _when(ts: int, zi: ZoneInfo, dated: bool) -> str:
+    """A moment for the note: "Tue 14:10", or with its date ("Tue 2026-03-24 14:10")."""
+    moment = datetime.fromtimestamp(ts, zi)
+    return f"{moment:%a %Y-%m-%d %H:%M}" if dated else f"{moment:%a %H:%M}"
+
+
+def _runs(spans: list[Period]) -> list[tuple[int, int, str]]:
+    """(start, end, mode) of the stretches that hold one mode, adjacent ones merged."""
+    runs: list[tuple[int, int, str]] = []
+    for p in spans:
+        if runs and runs[-1][2] == p.clients:
+            runs[-1] = (runs[-1][0], p.end, p.clients)
+        else:
+            runs.append((p.start, p.end, p.clients))
+    return runs
+
+
+def describe_modes(spans: list[Period], zi: ZoneInfo, dated: bool) -> str:
+    """ "IP addresses until Tue 14:10, pseudonyms since": which mode held when."""
+    runs = _runs(spans)
+    if len(runs) == 1:
+        return MODE_WORDS[runs[0][2]]
+    parts = [f"{MODE_WORDS[m]} until {_when(end, zi, dated)}" for _, end, m in runs[:-1]]
+    return ", ".join([*parts, f"{MODE_WORDS[runs[-1][2]]} since"])
+
+
+def _ranges(stretches: list[tuple[int, int]], t0: int, t1: int, zi: ZoneInfo, dated: bool) -> str:
+    """ "until Tue 14:10", "since Tue 14:10", "from Mon 09:00 to Tue 14:10", joined."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in stretches:
+        if merged and merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    words = []
+    for lo, hi in merged:
+        if lo <= t0 and hi >= t1:
+            words.append("of the whole period")
+        elif lo <= t0:
+            words.append(f"until {_when(hi, zi, dated)}")
+        elif hi >= t1:
+            words.append(f"since {_when(lo, zi, dated)}")
+        else:
+            words.append(f"from {_when(lo, zi, dated)} to {_when(hi, zi, dated)}")
+    return " and ".join(words)
+
+
 def _privacy_note(
-    privacy: str, approximate: bool, retention_days: int, start: int, now: datetime
+    spans: list[Period],
+    config_mode: str,
+    listed: bool,
+    approximate: bool,
+    retention_days: int,
+    t0: int,
+    t1: int,
+    zi: ZoneInfo,
+    now: datetime,
 ) -> str:
+    """What the hits of the period hold about clients and since when, what the report
+    therefore shows, and what retention may have taken."""
     notes = {
         "ip": "Clients are recorded by IP address.",
         "hashed": "Clients are recorded as pseudonyms; their IP addresses are not stored.",
         "group": "Clients are not recorded, only the group of their network.",
         "none": "Neither clients nor their groups are recorded.",
     }
-    parts = [notes[privacy]]
+    dated = t1 - t0 > 7 * 86400
+    modes = {p.clients for p in spans}
+    if len(modes) == 1:
+        parts = [notes[spans[0].clients]]
+    else:
+        parts = [f"Recorded about clients: {describe_modes(spans, zi, dated)}."]
+    for when in sorted({p.rewritten for p in spans if p.rewritten is not None}):
+        done = [p for p in spans if p.rewritten == when]
+        what = _ranges([(p.start, p.end) for p in done], t0, t1, zi, dated)
+        parts.append(
+            f"The hits {what} were rewritten on {_when(when, zi, True)} by sinkhole privacy "
+            f"apply: they keep {KEEP_WORDS[done[0].clients]}."
+        )
+    with_clients = [(p.start, p.end) for p in spans if p.clients in CLIENT_MODES]
+    if listed and len(with_clients) < len(spans):
+        parts.append(
+            "Client counts and top clients cover only the hits "
+            f"{_ranges(with_clients, t0, t1, zi, dated)}, which hold client identities."
+        )
+    if listed and set(CLIENT_MODES) <= modes:
+        parts.append(
+            "A client recorded both ways counts twice, by address and by pseudonym; "
+            "sinkhole privacy apply makes them one."
+        )
+    if not listed and with_clients:
+        parts.append(
+            f"Clients are not listed: privacy.clients is now {config_mode}, though the hits "
+            f"{_ranges(with_clients, t0, t1, zi, dated)} hold client identities; "
+            "sinkhole privacy apply rewrites them."
+        )
     if approximate:
-        who = "service" if privacy == "none" else "client group"
+        anonymous = modes - set(CLIENT_MODES)
+        who = "service" if anonymous == {"none"} else "client group"
         parts.append(
             f"Attempts are approximate: without client addresses they are counted per {who}."
         )
     horizon = now.timestamp() - retention_days * 86400
-    if start < horizon:
+    if t0 < horizon:
         parts.append(
             f"Hits older than {retention_days} days are deleted, so part of this period "
             "may be missing."
@@ -480,7 +584,6 @@ def build_report(
         raise SinkholeError(f"period longer than {MAX_PERIOD_DAYS} days; report it in parts")
     now = now or datetime.now(UTC)
     days = _day_bounds(t0, t1, zi)
-    clients_recorded = privacy in ("ip", "hashed")
 
     conn = _connect(db_path)
     try:
@@ -492,7 +595,6 @@ def build_report(
             tz,
             days,
             privacy,
-            clients_recorded,
             retention_days,
             groups,
             service_names,
@@ -513,13 +615,17 @@ def _query_report(
     tz: str,
     days: list[tuple[date, int, int]],
     privacy: str,
-    clients_recorded: bool,
     retention_days: int,
     groups: dict[str, list[str]],
     service_names: dict[str, str],
     top: int,
     now: datetime,
 ) -> dict[str, Any]:
+    # What the hits of the period hold, from the audit trail; the config's mode (`privacy`)
+    # only for a database without one. Clients are listed where some hits hold them,
+    # unless the config now records none: its word on what people may see.
+    spans = periods(*read_trail(conn), t0, t1, privacy)
+    clients_recorded = privacy in CLIENT_MODES and any(p.clients in CLIENT_MODES for p in spans)
     _fill_sums(conn, t0, t1, days)
     chat = f"cat IS NOT '{BYPASS_CATEGORY}'"
     client = "CASE WHEN ident LIKE 'group:%' THEN NULL ELSE ident END"
@@ -530,7 +636,8 @@ def _query_report(
                    COUNT(DISTINCT {client}), COALESCE(MAX(ident LIKE 'group:%'), 0)
             FROM isum WHERE {chat}"""
     ).fetchone()
-    approximate = not clients_recorded or bool(anonymous)
+    # Attempts are counted per client where the hits hold one, listed or not.
+    approximate = bool(anonymous) or not any(p.clients in CLIENT_MODES for p in spans)
     # The first and last lookup, by the index on ts from either end of the period.
     first, last = (
         conn.execute(
@@ -602,7 +709,7 @@ def _query_report(
     ]
 
     group_rows: dict[str, dict[str, Any]] = {}
-    if privacy != "none":
+    if any(p.clients != "none" for p in spans):
         # Configured groups appear with zeros: "ai-lab: 0" is evidence as well.
         for label in [*groups, OTHER_GROUP]:
             group_rows[label] = {
@@ -702,9 +809,22 @@ def _query_report(
         "first_attempt": _iso(first, zi),
         "last_attempt": _iso(last, zi),
         "privacy": {
-            "clients": privacy,
+            "clients": spans[-1].clients,
+            "clients_listed": clients_recorded,
+            "periods": [
+                {
+                    "clients": p.clients,
+                    "recorded": p.recorded,
+                    "rewritten": _iso(p.rewritten, zi),
+                    "from": _iso(p.start, zi),
+                    "until": _iso(p.end, zi),
+                }
+                for p in spans
+            ],
             "retention_days": retention_days,
-            "note": _privacy_note(privacy, approximate, retention_days, t0, now),
+            "note": _privacy_note(
+                spans, privacy, clients_recorded, approximate, retention_days, t0, t1, zi, now
+            ),
         },
         "gaps": _gaps(conn, t0, min(t1, max(t0, int(now.timestamp()))), zi, int(now.timestamp())),
     }
@@ -808,7 +928,7 @@ def _clean(cell: str) -> str:
 
 def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
     totals = report["totals"]
-    clients_recorded = report["privacy"]["clients"] in ("ip", "hashed")
+    clients_recorded = report["privacy"]["clients_listed"]
     summary = [
         ["Blocked queries", str(totals["blocked"])],
         ["Attempts", str(totals["attempts"])],
@@ -848,11 +968,18 @@ def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         for b in report["bypass"]
     ]
     gaps = [[g["kind"], _short_time(g["start"]), _short_time(g["end"])] for g in report["gaps"]]
-    no_clients = (
-        f"Clients are not recorded (privacy mode: {report['privacy']['clients']})."
-        if not clients_recorded
-        else "No clients."
-    )
+    spans = _spans(report)
+    if clients_recorded:
+        no_clients = "No clients."
+    elif any(p.clients in CLIENT_MODES for p in spans):
+        no_clients = "Clients are not listed in the current privacy mode: see the note below."
+    else:
+        no_clients = f"Clients are not recorded (privacy mode: {report['privacy']['clients']})."
+    top_title = "Top clients"
+    if clients_recorded and len(_runs(spans)) > 1:
+        zi = zone(report["period"]["timezone"])
+        dated = spans[-1].end - spans[0].start > 7 * 86400
+        top_title = f"Top clients ({describe_modes(spans, zi, dated)})"
     return [
         ("Summary", ["", ""], summary, ""),
         (
@@ -868,7 +995,7 @@ def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
             groups,
             "Client groups are not recorded (privacy mode: none).",
         ),
-        ("Top clients", ["Client", "Group", "Blocked", "Attempts"], clients, no_clients),
+        (top_title, ["Client", "Group", "Blocked", "Attempts"], clients, no_clients),
         ("Top blocked names", ["Name", "Service", "Blocked"], names, "No blocked names."),
         (
             "Bypass attempts (DoH, Private Relay, canary domains)",
@@ -883,6 +1010,37 @@ def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
             "None: the server ran and recorded the whole period.",
         ),
     ]
+
+
+def _spans(report: dict[str, Any]) -> list[Period]:
+    """The report's privacy periods back as `Period`s."""
+    return [
+        Period(
+            _ts_of(p["from"]),
+            _ts_of(p["until"]),
+            p["clients"],
+            p["recorded"],
+            None if p["rewritten"] is None else _ts_of(p["rewritten"]),
+        )
+        for p in report["privacy"]["periods"]
+    ]
+
+
+def _ts_of(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp).timestamp())
+
+
+def _day_privacy(report: dict[str, Any], day: str) -> str:
+    """The modes of one local day for the CSV: "ip", or "ip until 14:10, hashed since"."""
+    zi = zone(report["period"]["timezone"])
+    d = date.fromisoformat(day)
+    lo = int(datetime.combine(d, datetime.min.time(), zi).timestamp())
+    hi = int(datetime.combine(d + timedelta(days=1), datetime.min.time(), zi).timestamp())
+    runs = [r for r in _runs(_spans(report)) if r[0] < hi and r[1] > lo]
+    if len(runs) == 1:
+        return runs[0][2]
+    parts = [f"{m} until {datetime.fromtimestamp(end, zi):%H:%M}" for _, end, m in runs[:-1]]
+    return ", ".join([*parts, f"{runs[-1][2]} since"])
 
 
 def _footer(report: dict[str, Any]) -> list[str]:
@@ -1095,17 +1253,20 @@ CSV_COLUMNS = ("date", "service", "category", "group", "blocked", "attempts")
 
 
 def render_csv(report: dict[str, Any]) -> str:
-    """One row per (local day, service, client group) with blocked queries and attempts."""
+    """One row per (local day, service, client group) with blocked queries and attempts,
+    and the privacy mode(s) the day's hits are stored with."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow((*CSV_COLUMNS, "privacy"))
+    modes: dict[str, str] = {}
     for row in report["breakdown"]:
-        writer.writerow(
-            [
-                csv_cell(strip_controls(str(row[c]))) if row[c] is not None else ""
-                for c in CSV_COLUMNS
-            ]
-        )
+        if row["date"] not in modes:
+            modes[row["date"]] = _day_privacy(report, row["date"])
+        cells = [
+            csv_cell(strip_controls(str(row[c]))) if row[c] is not None else ""
+            for c in CSV_COLUMNS
+        ]
+        writer.writerow([*cells, modes[row["date"]]])
     return buf.getvalue()
 
 

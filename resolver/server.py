@@ -22,6 +22,7 @@ from resolver.config import Config, load_config, restart_changes
 from resolver.errors import SinkholeError
 from resolver.pipeline import MAX_INFLIGHT, Resolver
 from resolver.policy import Policy, PolicyState, build_policy
+from resolver.privacy import record_server_mode
 from resolver.store import Recorder, Store
 from resolver.upstream import Forwarder
 
@@ -286,6 +287,7 @@ class Server:
                 self.tcp_servers.append(server)
         self.recorder.attach(loop)
         self.recorder.start()
+        self.spawn(self._record_privacy("start"))
         self.watcher = asyncio.ensure_future(self._watch_policy())
         settle_gc(collect=True)
 
@@ -448,6 +450,16 @@ class Server:
             len(forwarder.upstreams),
             f"; changed but applied only after a restart: {', '.join(restart)}" if restart else "",
         )
+        await self._record_privacy("reload")
+
+    async def _record_privacy(self, reason: str) -> None:
+        """The mode the recorder records with from now on, into the audit trail."""
+        loop = asyncio.get_running_loop()
+        mode = self.recorder.privacy
+        try:
+            await loop.run_in_executor(None, record_server_mode, self.db_path, mode, reason)
+        except Exception as exc:  # noqa: BLE001 - the audit trail must never stop DNS
+            log.error("privacy mode %s not recorded in the audit trail: %s", mode, exc)
 
     # -- shutdown ---------------------------------------------------------------------------------
 

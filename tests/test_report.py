@@ -916,7 +916,7 @@ def test_every_format_renders_small_weeks_and_says_so(tmp_path: Path, case: str)
     out = {fmt: rpt.RENDERERS[fmt](report) for fmt in FORMATS}
     assert json.loads(out["json"]) == report
     csv_lines = out["csv"].splitlines()
-    assert csv_lines[0] == "date,service,category,group,blocked,attempts"
+    assert csv_lines[0] == "date,service,category,group,blocked,attempts,privacy"
     if case == "empty":
         for fmt in ("text", "markdown", "html"):
             assert rpt.EMPTY_WEEK in out[fmt]
@@ -929,7 +929,7 @@ def test_every_format_renders_small_weeks_and_says_so(tmp_path: Path, case: str)
             assert rpt.EMPTY_WEEK not in out[fmt]
             assert "Gemini (Google)" in out[fmt]
         group = "other" if privacy == "none" else "finance"
-        assert csv_lines[1:] == [f"2026-10-26,google-gemini,ai-chatbots,{group},1,1"]
+        assert csv_lines[1:] == [f"2026-10-26,google-gemini,ai-chatbots,{group},1,1,{privacy}"]
         assert report["first_attempt"] == report["last_attempt"] == "2026-10-26T07:00:00+01:00"
         assert report["totals"]["attempts"] == 1
     if case == "privacy-none":
