@@ -322,50 +322,86 @@ def lists_disable(config_path, db, names, comment) -> None:
     _toggle(config_path, db, names, comment, False)
 
 
+LIST_FORMATS = ["auto", "hosts", "domains", "adblock", "v2fly", "adguard-services"]
+#: Invalid lines printed by `lists import` and `lists update`; the rest are counted.
+SHOWN_ERRORS = 20
+
+
+def format_option(f: Callable) -> Callable:
+    """--format and --service, shared by `lists import` and `catalog compare`."""
+    f = click.option(
+        "--service",
+        "services",
+        multiple=True,
+        metavar="ID|GROUP",
+        help="adguard-services: only these service ids or groups, e.g. ai (repeatable).",
+    )(f)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(LIST_FORMATS),
+        default="auto",
+        show_default=True,
+        help="Format of the source (v2fly: a domain-list-community data file).",
+    )(f)
+
+
+def progress_bar(source: str):
+    """A progress bar on stderr when it is a terminal: (bar or None, callback or None)."""
+    if not sys.stderr.isatty():
+        return None, None
+    bar = click.progressbar(length=0, label=f"reading {source}", file=sys.stderr)
+
+    def progress(done: int, total: int | None) -> None:
+        if total:
+            bar.length = total
+        bar.update(done - bar.pos)
+
+    return bar, progress
+
+
+def read_list(source: str, fmt: str, services: tuple[str, ...] = (), **fetch):
+    """Fetch and parse a list, printing its first invalid lines on stderr: (result, fetched).
+
+    `fetched.lines` is None when a conditional request found the list unchanged.
+    """
+    from resolver.listformats import fetch_source, parse_lines, v2fly_includes
+
+    bar, progress = progress_bar(source)
+    try:
+        fetched = fetch_source(source, progress=progress, **fetch)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if fetched.lines is None:
+        return None, fetched
+    include = v2fly_includes(source) if fmt in ("auto", "v2fly") else None
+    result = parse_lines(fetched.lines, fmt, source, include=include, services=services)
+    for message in result.messages()[:SHOWN_ERRORS]:
+        click.echo(message, err=True)
+    if len(result.errors) > SHOWN_ERRORS:
+        more = len(result.errors) - SHOWN_ERRORS
+        click.echo(f"{source}: ... and {more} more invalid lines", err=True)
+    return result, fetched
+
+
 @lists.command("import")
 @common
 @click.argument("source")
 @click.option("--name", "list_name", required=True, help="Name of the imported list.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "hosts", "domains", "adblock"]),
-    default="auto",
-    show_default=True,
-    help="Format of the source.",
-)
+@format_option
 @click.option("--comment", help="Why; kept in the audit trail.")
-def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
+def lists_import(config_path, db, source, list_name, fmt, services, comment) -> None:
     """Import a list from a file or http(s) URL; re-importing replaces it atomically.
+
+    A list imported from a URL is fetched again by `sinkhole lists update`.
 
     Example: sinkhole lists import https://example.org/ai.txt --name extra-ai
     """
-    from resolver.listformats import parse_lines, read_source
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", list_name) or ":" in list_name:
         raise click.BadParameter("letters, digits, '.', '_' and '-' only", param_hint="--name")
     config = get_config(config_path, db)
-    err = sys.stderr
-    bar = None
-    progress = None
-    if err.isatty():
-        bar = click.progressbar(length=0, label=f"reading {source}", file=err)
-
-        def progress(done: int, total: int | None) -> None:
-            if total:
-                bar.length = total
-            bar.update(done - bar.pos)
-
-    try:
-        lines = read_source(source, progress)
-    finally:
-        if bar is not None:
-            bar.render_finish()
-    result = parse_lines(lines, fmt, source)
-    for message in result.messages()[:20]:
-        click.echo(message, err=True)
-    if len(result.errors) > 20:
-        click.echo(f"{source}: ... and {len(result.errors) - 20} more invalid lines", err=True)
+    result, fetched = read_list(source, fmt, services)
     store, _catalog = open_store(config)
     with store:
         store.import_list(
@@ -377,6 +413,9 @@ def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
             errors=len(result.errors),
             command=command_line(source, "--name", list_name),
             comment=comment,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            services=services,
         )
     click.echo(
         f"imported {len(result.domains)} names ({len(result.allow)} allowed) into {list_name} "
