@@ -630,9 +630,7 @@ def test_adguard_services_filter_by_group_or_id() -> None:
         "example-chat.com",
         "chat-cdn.net",
     ]
-    assert parse_lines(lines, "adguard-services", services=["videos"]).domains == [
-        "videos.example"
-    ]
+    assert parse_lines(lines, "adguard-services", services=["videos"]).domains == ["videos.example"]
 
 
 @pytest.mark.parametrize(
