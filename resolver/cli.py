@@ -18,6 +18,7 @@ import click
 from resolver import __version__
 from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
 from resolver.errors import ConfigError, SinkholeError
+from resolver.presentation import display_name
 
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -223,6 +224,7 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
     store, catalog = open_store(config)
     with store:
         rows = {r["name"]: r for r in store.lists()}
+        new = store.new_services()
     out = []
     for category, ids in catalog.categories.items():
         for sid in ids:
@@ -239,6 +241,8 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
                     "domains": len(svc.domains),
                     "api": len(svc.api),
                     "api_blocked": bool(api["enabled"]) if api else None,
+                    "new": sid in new,
+                    "added": row.get("added"),
                 }
             )
     for r in rows.values():
@@ -254,6 +258,7 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
                     "allow": r["allows"],
                     "errors": r["errors"],
                     "updated": r["updated"],
+                    "checked": r["checked"],
                 }
             )
     if as_json:
@@ -266,10 +271,13 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
         api = ""
         if r.get("api"):
             api = f" [api {'blocked' if r['api_blocked'] else 'allowed'}: {r['name']}:api]"
+        mark = "  NEW" if r.get("new") else ""
         click.echo(
             f"{r['name']:<{width}}  {on:<3}  {r['domains']:>7}  {r['category']:<12}  "
-            f"{r['title']}{api}"
+            f"{r['title']}{api}{mark}"
         )
+    if new:
+        click.echo(f"NEW: {len(new)} services added to the catalog at the last start or since")
 
 
 def _resolve_list_names(store, catalog, names: tuple[str, ...]) -> list[str]:
@@ -437,6 +445,84 @@ def lists_remove(config_path, db, name, comment) -> None:
     with store:
         store.remove_list(name, command=command_line(name), comment=comment)
     click.echo(f"removed list {name}")
+
+
+#: Names printed per list by `lists update`; the rest are counted.
+SHOWN_CHANGES = 50
+
+
+@lists.command("update")
+@common
+@click.argument("names", nargs=-1)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_update(config_path, db, names, comment) -> None:
+    """Fetch the lists imported from URLs again and replace those that changed.
+
+    Conditional requests: an unchanged list (HTTP 304) is left alone. A failed
+    fetch, an empty list or one that would lose half of its names keeps the old
+    list and makes the command exit 1, so a timer's failure shows.
+
+    Example: sinkhole lists update extra-ai
+    """
+    config = get_config(config_path, db)
+    store, _catalog = open_store(config)
+    with store:
+        targets = store.url_lists(names)
+        if not targets:
+            click.echo("no list was imported from a URL; nothing to update")
+            return
+        failed = sum(not _update_one(store, row, comment) for row in targets)
+    if failed:
+        sys.exit(1)
+
+
+def _update_one(store, row: dict, comment: str | None) -> bool:
+    """Fetch one URL list again and replace it if it changed; False when it failed."""
+    name, source = row["name"], row["source"]
+    services = tuple(json.loads(row["services"])) if row["services"] else ()
+    try:
+        result, fetched = read_list(
+            source,
+            row["format"] or "auto",
+            services,
+            etag=row["etag"],
+            last_modified=row["last_modified"],
+        )
+        if result is None:
+            store.list_checked(name)
+            click.echo(f"{name}: not modified since the last fetch ({source})")
+            return True
+        change = store.import_list(
+            name,
+            result.domains,
+            result.allow,
+            source=source,
+            fmt=result.format,
+            errors=len(result.errors),
+            command=command_line(name),
+            comment=comment,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            services=services,
+            guard=True,
+        )
+    except SinkholeError as exc:
+        message = str(exc)
+        if "old list is kept" not in message:
+            message = f"{message}; the old list is kept"
+        if not message.startswith(f"{name}:"):
+            message = f"{name}: {message}"
+        click.echo(f"sinkhole: {message}", err=True)
+        return False
+    click.echo(
+        f"{name}: {change.names} names, +{len(change.added)} -{len(change.removed)} ({source})"
+    )
+    for sign, names in (("+", change.added), ("-", change.removed)):
+        for n in names[:SHOWN_CHANGES]:
+            click.echo(f"  {sign} {display_name(n)}")
+        if len(names) > SHOWN_CHANGES:
+            click.echo(f"  {sign} ... and {len(names) - SHOWN_CHANGES} more")
+    return True
 
 
 @lists.command("history")
