@@ -548,6 +548,70 @@ def lists_history(config_path, db, limit, as_json) -> None:
         click.echo(f"{r['ts']}  {r['user']:<10}  {r['command']}{why}")
 
 
+# -- catalog ------------------------------------------------------------------------------
+
+
+@cli.group("catalog", cls=SinkholeGroup)
+def catalog_group() -> None:
+    """Check the shipped catalog against the lists other projects maintain."""
+
+
+@catalog_group.command("compare")
+@common
+@click.argument("source")
+@format_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def catalog_compare(config_path, db, source, fmt, services, as_json) -> None:
+    """List what SOURCE has that the enabled policy does not block, by domain.
+
+    SOURCE is a file or URL: AdGuard services JSON, a v2fly data file, hosts,
+    plain domains or adblock. Names the must-not-block list beside the catalog
+    calls shared (office suites, search, CDNs) are shown apart. Changes nothing.
+
+    Example: sinkhole catalog compare services.json --service ai
+    """
+    from resolver.compare import compare, must_not_block
+    from resolver.policy import build_policy
+
+    config = get_config(config_path, db)
+    result, _fetched = read_list(source, fmt, services)
+    store, catalog = open_store(config)
+    with store:
+        policy = build_policy(catalog, store.policy_state(), config)
+    cmp = compare(result, policy, must_not_block(catalog.directory))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "source": source,
+                    "format": result.format,
+                    "names": cmp.total,
+                    "blocked": cmp.blocked,
+                    "missing": cmp.missing,
+                    "shared": cmp.shared,
+                    "origin": {n: result.origin.get(n) for v in cmp.missing.values() for n in v},
+                },
+                indent=2,
+            )
+        )
+        return
+    missing = sum(len(v) for v in cmp.missing.values())
+    click.echo(
+        f"{source} ({result.format}): {cmp.total} names; {cmp.blocked} blocked by the enabled "
+        f"policy, {missing} not blocked in {len(cmp.missing)} domains, "
+        f"{len(cmp.shared)} shared (must-not-block)"
+    )
+    for domain, names in cmp.missing.items():
+        click.echo(f"{display_name(domain)} ({len(names)})")
+        for n in names:
+            where = f"  [{result.origin[n]}]" if n in result.origin else ""
+            click.echo(f"  {display_name(n)}{where}")
+    if cmp.shared:
+        click.echo("shared, never blocked by the catalog (must-not-block):")
+        for n in cmp.shared:
+            click.echo(f"  {display_name(n)}")
+
+
 # -- custom rules ---------------------------------------------------------------------------
 
 
