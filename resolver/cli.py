@@ -224,6 +224,7 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
     store, catalog = open_store(config)
     with store:
         rows = {r["name"]: r for r in store.lists()}
+        new = store.new_services()
     out = []
     for category, ids in catalog.categories.items():
         for sid in ids:
@@ -240,6 +241,8 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
                     "domains": len(svc.domains),
                     "api": len(svc.api),
                     "api_blocked": bool(api["enabled"]) if api else None,
+                    "new": sid in new,
+                    "added": row.get("added"),
                 }
             )
     for r in rows.values():
@@ -255,6 +258,7 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
                     "allow": r["allows"],
                     "errors": r["errors"],
                     "updated": r["updated"],
+                    "checked": r["checked"],
                 }
             )
     if as_json:
@@ -267,10 +271,13 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
         api = ""
         if r.get("api"):
             api = f" [api {'blocked' if r['api_blocked'] else 'allowed'}: {r['name']}:api]"
+        mark = "  NEW" if r.get("new") else ""
         click.echo(
             f"{r['name']:<{width}}  {on:<3}  {r['domains']:>7}  {r['category']:<12}  "
-            f"{r['title']}{api}"
+            f"{r['title']}{api}{mark}"
         )
+    if new:
+        click.echo(f"NEW: {len(new)} services added to the catalog at the last start or since")
 
 
 def _resolve_list_names(store, catalog, names: tuple[str, ...]) -> list[str]:
@@ -323,50 +330,86 @@ def lists_disable(config_path, db, names, comment) -> None:
     _toggle(config_path, db, names, comment, False)
 
 
+LIST_FORMATS = ["auto", "hosts", "domains", "adblock", "v2fly", "adguard-services"]
+#: Invalid lines printed by `lists import` and `lists update`; the rest are counted.
+SHOWN_ERRORS = 20
+
+
+def format_option(f: Callable) -> Callable:
+    """--format and --service, shared by `lists import` and `catalog compare`."""
+    f = click.option(
+        "--service",
+        "services",
+        multiple=True,
+        metavar="ID|GROUP",
+        help="adguard-services: only these service ids or groups, e.g. ai (repeatable).",
+    )(f)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(LIST_FORMATS),
+        default="auto",
+        show_default=True,
+        help="Format of the source (v2fly: a domain-list-community data file).",
+    )(f)
+
+
+def progress_bar(source: str):
+    """A progress bar on stderr when it is a terminal: (bar or None, callback or None)."""
+    if not sys.stderr.isatty():
+        return None, None
+    bar = click.progressbar(length=0, label=f"reading {source}", file=sys.stderr)
+
+    def progress(done: int, total: int | None) -> None:
+        if total:
+            bar.length = total
+        bar.update(done - bar.pos)
+
+    return bar, progress
+
+
+def read_list(source: str, fmt: str, services: tuple[str, ...] = (), **fetch):
+    """Fetch and parse a list, printing its first invalid lines on stderr: (result, fetched).
+
+    `fetched.lines` is None when a conditional request found the list unchanged.
+    """
+    from resolver.listformats import fetch_source, parse_lines, v2fly_includes
+
+    bar, progress = progress_bar(source)
+    try:
+        fetched = fetch_source(source, progress=progress, **fetch)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if fetched.lines is None:
+        return None, fetched
+    include = v2fly_includes(source) if fmt in ("auto", "v2fly") else None
+    result = parse_lines(fetched.lines, fmt, source, include=include, services=services)
+    for message in result.messages()[:SHOWN_ERRORS]:
+        click.echo(message, err=True)
+    if len(result.errors) > SHOWN_ERRORS:
+        more = len(result.errors) - SHOWN_ERRORS
+        click.echo(f"{source}: ... and {more} more invalid lines", err=True)
+    return result, fetched
+
+
 @lists.command("import")
 @common
 @click.argument("source")
 @click.option("--name", "list_name", required=True, help="Name of the imported list.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "hosts", "domains", "adblock"]),
-    default="auto",
-    show_default=True,
-    help="Format of the source.",
-)
+@format_option
 @click.option("--comment", help="Why; kept in the audit trail.")
-def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
+def lists_import(config_path, db, source, list_name, fmt, services, comment) -> None:
     """Import a list from a file or http(s) URL; re-importing replaces it atomically.
+
+    A list imported from a URL is fetched again by `sinkhole lists update`.
 
     Example: sinkhole lists import https://example.org/ai.txt --name extra-ai
     """
-    from resolver.listformats import parse_lines, read_source
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", list_name) or ":" in list_name:
         raise click.BadParameter("letters, digits, '.', '_' and '-' only", param_hint="--name")
     config = get_config(config_path, db)
-    err = sys.stderr
-    bar = None
-    progress = None
-    if err.isatty():
-        bar = click.progressbar(length=0, label=f"reading {source}", file=err)
-
-        def progress(done: int, total: int | None) -> None:
-            if total:
-                bar.length = total
-            bar.update(done - bar.pos)
-
-    try:
-        lines = read_source(source, progress)
-    finally:
-        if bar is not None:
-            bar.render_finish()
-    result = parse_lines(lines, fmt, source)
-    for message in result.messages()[:20]:
-        click.echo(message, err=True)
-    if len(result.errors) > 20:
-        click.echo(f"{source}: ... and {len(result.errors) - 20} more invalid lines", err=True)
+    result, fetched = read_list(source, fmt, services)
     store, _catalog = open_store(config)
     with store:
         store.import_list(
@@ -378,6 +421,9 @@ def lists_import(config_path, db, source, list_name, fmt, comment) -> None:
             errors=len(result.errors),
             command=command_line(source, "--name", list_name),
             comment=comment,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            services=services,
         )
     click.echo(
         f"imported {len(result.domains)} names ({len(result.allow)} allowed) into {list_name} "
@@ -401,6 +447,84 @@ def lists_remove(config_path, db, name, comment) -> None:
     click.echo(f"removed list {name}")
 
 
+#: Names printed per list by `lists update`; the rest are counted.
+SHOWN_CHANGES = 50
+
+
+@lists.command("update")
+@common
+@click.argument("names", nargs=-1)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def lists_update(config_path, db, names, comment) -> None:
+    """Fetch the lists imported from URLs again and replace those that changed.
+
+    Conditional requests: an unchanged list (HTTP 304) is left alone. A failed
+    fetch, an empty list or one that would lose half of its names keeps the old
+    list and makes the command exit 1, so a timer's failure shows.
+
+    Example: sinkhole lists update extra-ai
+    """
+    config = get_config(config_path, db)
+    store, _catalog = open_store(config)
+    with store:
+        targets = store.url_lists(names)
+        if not targets:
+            click.echo("no list was imported from a URL; nothing to update")
+            return
+        failed = sum(not _update_one(store, row, comment) for row in targets)
+    if failed:
+        sys.exit(1)
+
+
+def _update_one(store, row: dict, comment: str | None) -> bool:
+    """Fetch one URL list again and replace it if it changed; False when it failed."""
+    name, source = row["name"], row["source"]
+    services = tuple(json.loads(row["services"])) if row["services"] else ()
+    try:
+        result, fetched = read_list(
+            source,
+            row["format"] or "auto",
+            services,
+            etag=row["etag"],
+            last_modified=row["last_modified"],
+        )
+        if result is None:
+            store.list_checked(name)
+            click.echo(f"{name}: not modified since the last fetch ({source})")
+            return True
+        change = store.import_list(
+            name,
+            result.domains,
+            result.allow,
+            source=source,
+            fmt=result.format,
+            errors=len(result.errors),
+            command=command_line(name),
+            comment=comment,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            services=services,
+            guard=True,
+        )
+    except SinkholeError as exc:
+        message = str(exc)
+        if "old list is kept" not in message:
+            message = f"{message}; the old list is kept"
+        if not message.startswith(f"{name}:"):
+            message = f"{name}: {message}"
+        click.echo(f"sinkhole: {message}", err=True)
+        return False
+    click.echo(
+        f"{name}: {change.names} names, +{len(change.added)} -{len(change.removed)} ({source})"
+    )
+    for sign, names in (("+", change.added), ("-", change.removed)):
+        for n in names[:SHOWN_CHANGES]:
+            click.echo(f"  {sign} {display_name(n)}")
+        if len(names) > SHOWN_CHANGES:
+            click.echo(f"  {sign} ... and {len(names) - SHOWN_CHANGES} more")
+    return True
+
+
 @lists.command("history")
 @common
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
@@ -422,6 +546,70 @@ def lists_history(config_path, db, limit, as_json) -> None:
     for r in rows:
         why = f"  # {r['comment']}" if r["comment"] else ""
         click.echo(f"{r['ts']}  {r['user']:<10}  {r['command']}{why}")
+
+
+# -- catalog ------------------------------------------------------------------------------
+
+
+@cli.group("catalog", cls=SinkholeGroup)
+def catalog_group() -> None:
+    """Check the shipped catalog against the lists other projects maintain."""
+
+
+@catalog_group.command("compare")
+@common
+@click.argument("source")
+@format_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def catalog_compare(config_path, db, source, fmt, services, as_json) -> None:
+    """List what SOURCE has that the enabled policy does not block, by domain.
+
+    SOURCE is a file or URL: AdGuard services JSON, a v2fly data file, hosts,
+    plain domains or adblock. Names the must-not-block list beside the catalog
+    calls shared (office suites, search, CDNs) are shown apart. Changes nothing.
+
+    Example: sinkhole catalog compare services.json --service ai
+    """
+    from resolver.compare import compare, must_not_block
+    from resolver.policy import build_policy
+
+    config = get_config(config_path, db)
+    result, _fetched = read_list(source, fmt, services)
+    store, catalog = open_store(config)
+    with store:
+        policy = build_policy(catalog, store.policy_state(), config)
+    cmp = compare(result, policy, must_not_block(catalog.directory))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "source": source,
+                    "format": result.format,
+                    "names": cmp.total,
+                    "blocked": cmp.blocked,
+                    "missing": cmp.missing,
+                    "shared": cmp.shared,
+                    "origin": {n: result.origin.get(n) for v in cmp.missing.values() for n in v},
+                },
+                indent=2,
+            )
+        )
+        return
+    missing = sum(len(v) for v in cmp.missing.values())
+    click.echo(
+        f"{source} ({result.format}): {cmp.total} names; {cmp.blocked} blocked by the enabled "
+        f"policy, {missing} not blocked in {len(cmp.missing)} domains, "
+        f"{len(cmp.shared)} shared (must-not-block)"
+    )
+    for domain, names in cmp.missing.items():
+        click.echo(f"{display_name(domain)} ({len(names)})")
+        for n in names:
+            where = f"  [{result.origin[n]}]" if n in result.origin else ""
+            click.echo(f"  {display_name(n)}{where}")
+    if cmp.shared:
+        click.echo("shared, never blocked by the catalog (must-not-block):")
+        for n in cmp.shared:
+            click.echo(f"  {display_name(n)}")
 
 
 # -- custom rules ---------------------------------------------------------------------------

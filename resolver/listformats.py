@@ -1,11 +1,14 @@
-"""Reading blocklists (hosts, plain domains, adblock) and writing them for other resolvers."""
+"""Reading blocklists (hosts, plain domains, adblock, v2fly data files, AdGuard services
+JSON) and writing them for other resolvers."""
 
 from __future__ import annotations
 
 import datetime
 import http.client
 import ipaddress
+import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from pathlib import Path
 from resolver.catalog import normalize_name
 from resolver.errors import ListError
 
-FORMATS = ("hosts", "domains", "adblock")
+FORMATS = ("hosts", "domains", "adblock", "v2fly", "adguard-services")
 EXPORT_FORMATS = ("hosts", "domains", "dnsmasq", "unbound", "rpz", "adblock")
 #: Lines looked at by detect_format; enough to get past any header comments.
 DETECT_SAMPLE_LINES = 500
@@ -44,6 +47,16 @@ HOSTS_LOCAL_NAMES = frozenset(
     }
 )
 ADBLOCK_UNSUPPORTED = "unsupported adblock rule"
+#: Prefixes of a v2fly domain-list-community data line (data/<name> files).
+V2FLY_PREFIXES = ("domain:", "full:", "keyword:", "regexp:", "include:")
+#: v2fly marks ad and tracking hosts inside a service's file with this attribute; they
+#: are shared by many sites (browser-intake-datadoghq.com) and are no chatbot.
+V2FLY_SKIPPED_ATTRIBUTE = "ads"
+#: How deep v2fly `include:` lines may nest (the real files nest two or three deep).
+V2FLY_MAX_INCLUDE_DEPTH = 8
+
+#: Reads the lines of another v2fly data file by name, for `include:`; None: no includes.
+IncludeReader = Callable[[str], list[str]]
 
 
 @dataclass
@@ -57,6 +70,9 @@ class ParseResult:
     lines: int
     source: str = "<list>"
     skipped: int = field(default=0)  # comments, blank and local-host lines
+    #: Where a name came from when the format says so: the AdGuard service or the
+    #: v2fly file that listed it, for `catalog compare`.
+    origin: dict[str, str] = field(default_factory=dict)
 
     def messages(self) -> list[str]:
         """The errors as "source:line: reason" lines."""
@@ -80,10 +96,15 @@ def detect_format(lines: list[str]) -> str:
     """Guess "hosts", "adblock" or "domains" from the first meaningful lines."""
     hosts = adblock = plain = 0
     seen = 0
+    head = "".join(lines[:5]).lstrip()
+    if head.startswith("{") and '"blocked_services"' in "".join(lines[:DETECT_SAMPLE_LINES]):
+        return "adguard-services"
     for raw in lines:
         line = raw.strip()
         if not line:
             continue
+        if line.startswith(V2FLY_PREFIXES):
+            return "v2fly"
         if line.startswith("[adblock") or line.startswith("[Adblock"):
             return "adblock"
         if line[0] in "#!":
@@ -106,8 +127,18 @@ def detect_format(lines: list[str]) -> str:
     return "domains"
 
 
-def parse_lines(lines: Iterable[str], fmt: str = "auto", source: str = "<list>") -> ParseResult:
+def parse_lines(
+    lines: Iterable[str],
+    fmt: str = "auto",
+    source: str = "<list>",
+    *,
+    include: IncludeReader | None = None,
+    services: Iterable[str] = (),
+) -> ParseResult:
     """Parse a list; bad lines are collected as (line number, reason) and skipped.
+
+    `include` reads the v2fly data files that `include:` lines name; `services` keeps
+    only those AdGuard services (ids or groups such as "ai"), all when empty.
 
     Raises:
         ListError: unknown format, or not one valid entry but some bad lines.
@@ -118,9 +149,14 @@ def parse_lines(lines: Iterable[str], fmt: str = "auto", source: str = "<list>")
         if not isinstance(lines, list):
             lines = list(lines)
         fmt = detect_format(lines)
-    parser = {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}[fmt]
     result = ParseResult([], [], [], fmt, 0, source)
-    parser(lines, result)
+    if fmt == "v2fly":
+        _parse_v2fly(lines, result, include)
+    elif fmt == "adguard-services":
+        _parse_adguard_services(lines, result, frozenset(services))
+    else:
+        parser = {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}
+        parser[fmt](lines, result)
     # Lists repeat names (several mirrors merged); keep first occurrence, drop the rest.
     result.domains = list(dict.fromkeys(result.domains))
     result.allow = list(dict.fromkeys(result.allow))
@@ -240,6 +276,174 @@ def _parse_adblock(lines: Iterable[str], result: ParseResult) -> None:
     result.skipped = skipped
 
 
+def _parse_v2fly(lines: Iterable[str], result: ParseResult, include: IncludeReader | None) -> None:
+    """A v2fly domain-list-community data file, with its `include:` lines followed.
+
+    `domain:x` and a bare `x` match x and the names under it, as our patterns do;
+    `full:x` matches x alone, which no pattern expresses: it becomes x, which also
+    covers the names under that one host. `keyword:` and `regexp:` match substrings
+    of any name, which DNS patterns cannot express: they are reported and skipped.
+    Entries marked `@ads` are shared ad and tracking hosts and are skipped.
+    """
+    lines = list(lines)
+    result.lines = len(lines)
+    origin = result.source.rsplit("/", 1)[-1]
+    _v2fly_lines(lines, result, include, origin, (), [origin], None)
+
+
+def _v2fly_lines(
+    lines: list[str],
+    result: ParseResult,
+    include: IncludeReader | None,
+    origin: str,
+    only: tuple[str, ...],
+    stack: list[str],
+    parent_line: int | None,
+) -> None:
+    """Parse one data file; `only` is the attribute filter of the include that read it
+    ("cn", "-!cn"); errors inside an included file are reported at the include line."""
+    for n, raw in enumerate(lines, 1):
+        where = n if parent_line is None else parent_line
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            if parent_line is None:
+                result.skipped += 1
+            continue
+        tokens = line.split()
+        entry = tokens[0]
+        attrs = {t[1:] for t in tokens[1:] if t.startswith("@")}
+        # "&name" affiliations and anything else after the entry do not change it.
+        if entry.startswith("include:"):
+            _v2fly_include(entry[8:], tokens[1:], result, include, stack, where, n)
+            continue
+        if not _v2fly_wanted(attrs, only):
+            continue
+        if V2FLY_SKIPPED_ATTRIBUTE in attrs:
+            if parent_line is None:
+                result.skipped += 1
+            continue
+        kind, _, value = entry.partition(":") if ":" in entry else ("domain", "", entry)
+        if kind in ("keyword", "regexp"):
+            reason = f"{kind} rule {value!r}: a substring match that DNS patterns cannot express"
+            result.errors.append((where, _in_file(reason, stack, n, parent_line)))
+            continue
+        if kind not in ("domain", "full"):
+            reason = f"unknown v2fly rule type {kind!r}"
+            result.errors.append((where, _in_file(reason, stack, n, parent_line)))
+            continue
+        try:
+            name = _check_name(value)
+        except ValueError as exc:
+            reason = f"{value!r} is not a valid domain name: {exc}"
+            result.errors.append((where, _in_file(reason, stack, n, parent_line)))
+            continue
+        result.domains.append(name)
+        result.origin.setdefault(name, origin)
+
+
+def _v2fly_wanted(attrs: set[str], only: tuple[str, ...]) -> bool:
+    """An include's filter: "@cn" keeps entries with the attribute, "@-cn" those without."""
+    for want in only:
+        if want.startswith("-"):
+            if want[1:] in attrs:
+                return False
+        elif want not in attrs:
+            return False
+    return True
+
+
+def _v2fly_include(
+    name: str,
+    tail: list[str],
+    result: ParseResult,
+    include: IncludeReader | None,
+    stack: list[str],
+    where: int,
+    n: int,
+) -> None:
+    parent = stack[-1]
+    inner = len(stack) > 1
+    if include is None:
+        reason = f"include:{name}: the data directory is unknown, so it is not followed"
+        result.errors.append((where, _in_file(reason, stack, n, where if inner else None)))
+        return
+    if name in stack:
+        result.errors.append((where, f"include:{name}: includes itself (via {' > '.join(stack)})"))
+        return
+    if len(stack) > V2FLY_MAX_INCLUDE_DEPTH:
+        result.errors.append((where, f"include:{name}: nested more than 8 deep"))
+        return
+    try:
+        lines = include(name)
+    except ListError as exc:
+        result.errors.append((where, f"include:{name} (in {parent}): {exc}"))
+        return
+    only = tuple(t[1:] for t in tail if t.startswith("@"))
+    _v2fly_lines(lines, result, include, name, only, [*stack, name], where)
+
+
+def _in_file(reason: str, stack: list[str], n: int, parent_line: int | None) -> str:
+    """A reason for a line of an included file names that file and its line."""
+    if parent_line is None:
+        return reason
+    return f"{stack[-1]}:{n}: {reason}"
+
+
+def _parse_adguard_services(lines: Iterable[str], result: ParseResult, wanted: frozenset) -> None:
+    """AdGuard's blocked-services JSON: {"blocked_services": [{id, name, rules}]}.
+
+    Each rule is an adblock rule; a bad one is reported at the line that holds it.
+    `wanted` keeps the services with those ids or groups (all when empty).
+    """
+    lines = list(lines)
+    result.lines = len(lines)
+    text = "\n".join(lines)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ListError(
+            f"{result.source}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})"
+        ) from None
+    services = data.get("blocked_services") if isinstance(data, dict) else None
+    if not isinstance(services, list):
+        raise ListError(f'{result.source}: no "blocked_services" list: not AdGuard services JSON')
+    # JSON keeps no line numbers: find each rule's line by searching forward from the
+    # last one found, which is exact for the published (one rule a line) file.
+    cursor = 0
+    for i, svc in enumerate(services):
+        if not isinstance(svc, dict) or not isinstance(svc.get("rules"), list):
+            line, cursor = _line_of(lines, '"id"', cursor)
+            result.errors.append((line, f"blocked_services[{i}]: expected id, name and rules"))
+            continue
+        sid = str(svc.get("id", i))
+        line, cursor = _line_of(lines, json.dumps(sid), cursor)
+        if wanted and sid not in wanted and svc.get("group") not in wanted:
+            continue
+        label = f"{svc.get('name') or sid} ({sid})"
+        for rule in svc["rules"]:
+            if not isinstance(rule, str):
+                result.errors.append((line, f"service {sid}: rule {rule!r} is not text"))
+                continue
+            line, cursor = _line_of(lines, json.dumps(rule), cursor)
+            one = ParseResult([], [], [], "adblock", 0, result.source)
+            _parse_adblock([rule], one)
+            for _, reason in one.errors:
+                result.errors.append((line, f"service {sid}: {reason}"))
+            for name in one.domains:
+                result.domains.append(name)
+                result.origin.setdefault(name, label)
+            result.allow.extend(one.allow)
+            result.skipped += one.skipped
+
+
+def _line_of(lines: list[str], needle: str, start: int) -> tuple[int, int]:
+    """The 1-based line at or after index `start` that holds `needle`, and its index."""
+    for i in range(start, len(lines)):
+        if needle in lines[i]:
+            return i + 1, i
+    return start + 1, start
+
+
 def _adblock_name(rest: str) -> tuple[str, str]:
     """Split "name^[$important]" into the name, or say why the rule is unsupported."""
     caret = rest.find("^")
@@ -259,6 +463,16 @@ def _adblock_name(rest: str) -> tuple[str, str]:
     return "", f"{ADBLOCK_UNSUPPORTED}: path"
 
 
+@dataclass
+class Fetched:
+    """A list as read: its lines, or None when the server said it had not changed (304),
+    and the validators a later conditional request sends back."""
+
+    lines: list[str] | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
 def read_source(
     source: str,
     progress: Callable[[int, int | None], None] | None = None,
@@ -272,16 +486,59 @@ def read_source(
         ListError: "SOURCE: reason" for a missing file, an HTTP error, a timeout,
             an oversized or non-UTF-8 source.
     """
+    lines = fetch_source(source, progress=progress, timeout=timeout).lines
+    assert lines is not None  # no validators sent, so never "not modified"
+    return lines
+
+
+def fetch_source(
+    source: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    timeout: float = 30,
+) -> Fetched:
+    """Read a list like `read_source`; for a URL, ask only for a newer one than the
+    validators given (If-None-Match, If-Modified-Since: RFC 9110 §13.1).
+
+    Raises:
+        ListError: as `read_source`.
+    """
     if source.startswith(("http://", "https://")):
-        data = _fetch(source, progress, timeout)
+        headers = {"User-Agent": USER_AGENT}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        data, meta = _fetch(source, progress, timeout, headers)
+        if data is None:
+            return Fetched(None, etag, last_modified)
+        got = Fetched(None, meta.get("ETag"), meta.get("Last-Modified"))
     else:
         data = _read_file(source, progress)
+        got = Fetched(None)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ListError(f"{source}: not UTF-8 text (line {line}, byte {exc.start})") from None
-    return text.splitlines()
+    got.lines = text.splitlines()
+    return got
+
+
+def v2fly_includes(source: str, timeout: float = 30) -> IncludeReader:
+    """Reads the data files a v2fly file includes: its siblings, on disk or on the web."""
+    base = source.rsplit("/", 1)[0] if "/" in source else "."
+
+    def read(name: str) -> list[str]:
+        if not name or "/" in name or name.startswith(".") or any(c.isspace() for c in name):
+            raise ListError(f"{name!r} is not a data file name")
+        if base.startswith(("http://", "https://")):
+            return read_source(f"{base}/{urllib.parse.quote(name)}", timeout=timeout)
+        return read_source(str(Path(base) / name), timeout=timeout)
+
+    return read
 
 
 def _read_file(source: str, progress: Callable[[int, int | None], None] | None) -> bytes:
@@ -304,8 +561,14 @@ def _read_file(source: str, progress: Callable[[int, int | None], None] | None) 
     return data
 
 
-def _fetch(url: str, progress: Callable[[int, int | None], None] | None, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+def _fetch(
+    url: str,
+    progress: Callable[[int, int | None], None] | None,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> tuple[bytes | None, dict[str, str]]:
+    """The body and headers of a GET; (None, {}) for 304 Not Modified."""
+    request = urllib.request.Request(url, headers=headers or {"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
@@ -328,8 +591,11 @@ def _fetch(url: str, progress: Callable[[int, int | None], None] | None, timeout
             # a half list imported as the whole one would silently unblock names.
             if total is not None and done != total:
                 raise ListError(f"{url}: download cut off after {done} of {total} bytes")
-            return b"".join(chunks)
+            meta = {k: v for k in ("ETag", "Last-Modified") if (v := response.headers.get(k))}
+            return b"".join(chunks), meta
     except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return None, {}
         raise ListError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise ListError(f"{url}: {exc.reason}") from None

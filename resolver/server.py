@@ -100,6 +100,15 @@ def load_policy(config: Config, catalog, db_path: str) -> tuple[Policy, str | No
         return build_policy(catalog, seeded_state(catalog, config), config), str(exc)
 
 
+def mark_started(db_path: str) -> None:
+    """Note the start before the catalog is seeded: what it adds now is new (`sinkhole lists`)."""
+    try:
+        with Store(db_path) as store:
+            store.mark_started()
+    except SinkholeError as exc:
+        log.warning("%s", exc)
+
+
 def _policy_version(db_path: str) -> int | None:
     try:
         with Store(db_path, timeout=1.0) as store:
@@ -192,6 +201,7 @@ class Server:
         self.reuse_port = reuse_port
         self.catalog = load_catalog(config.catalog)
         self.db_path = config.database
+        mark_started(self.db_path)
         policy, fault = load_policy(config, self.catalog, self.db_path)
         if fault:
             log.error("%s; serving the policy of the config until it can be read", fault)

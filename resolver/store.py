@@ -8,6 +8,7 @@ import datetime as dt
 import getpass
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +410,31 @@ def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@migrations()
+def m005_list_sources(db: sqlite_utils.Database) -> None:
+    # `lists update` fetches URL lists again with conditional requests, so a list keeps
+    # the validators its server gave (RFC 9110 §8.8) and the AdGuard services it was cut
+    # to; `added` is when a catalog service was first seen (NULL: with the first catalog,
+    # or before this migration), so `sinkhole lists` and the report can say what is new.
+    for statement in (
+        "ALTER TABLE lists ADD COLUMN etag TEXT",
+        "ALTER TABLE lists ADD COLUMN last_modified TEXT",
+        "ALTER TABLE lists ADD COLUMN services TEXT",  # JSON list of ids/groups, or NULL
+        "ALTER TABLE lists ADD COLUMN checked TEXT",  # last fetch, changed or not
+        "ALTER TABLE lists ADD COLUMN added TEXT",
+        """CREATE TABLE list_updates (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            list TEXT NOT NULL,
+            added INTEGER NOT NULL,
+            removed INTEGER NOT NULL,
+            names INTEGER NOT NULL       -- block names after the update
+        )""",
+        "CREATE INDEX list_updates_ts ON list_updates(ts)",
+    ):
+        db.execute(statement)
+
+
 INSERT_HITS = (
     "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule, "
     "action, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -482,7 +509,7 @@ def write_hits(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 
 
 #: The number of migrations this code knows; kept in settings as `schema_version`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
@@ -595,6 +622,15 @@ def connect(path: str | os.PathLike, timeout: float = BUSY_TIMEOUT) -> sqlite3.C
         raise StoreError(f"{path}: cannot open database: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ListChange:
+    """What replacing an imported list changed: the block names added and removed."""
+
+    added: list[str]
+    removed: list[str]
+    names: int
+
+
 class Store:
     """The database: policy state the CLI edits and the server reads, hits, traffic, audit."""
 
@@ -674,21 +710,24 @@ class Store:
         for name in enabled_names:
             if name in catalog.categories or name in catalog.services:
                 wanted.update(catalog.resolve(name))
-        existing = {r[0] for r in self.conn.execute("SELECT name FROM lists")}
+        existing = {name: kind for name, kind in self.conn.execute("SELECT name, kind FROM lists")}
         rows = []
         now = utcnow_text()
+        # The first catalog a database sees is not news; a service that comes later (an
+        # upgrade, a catalog edit) is, for `sinkhole lists` and the weekly report.
+        added = now if "service" in existing.values() else None
         for sid, svc in catalog.services.items():
             if sid not in existing:
-                rows.append((sid, "service", int(sid in wanted), svc.category, now))
+                rows.append((sid, "service", int(sid in wanted), svc.category, now, added))
             if svc.api and f"{sid}:api" not in existing:
-                rows.append((f"{sid}:api", "api", 1, svc.category, now))
+                rows.append((f"{sid}:api", "api", 1, svc.category, now, None))
         if not rows:
             return
 
         def insert() -> None:
             self.conn.executemany(
-                "INSERT OR IGNORE INTO lists (name, kind, enabled, category, updated) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO lists (name, kind, enabled, category, updated, added) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -730,7 +769,8 @@ class Store:
     def lists(self) -> list[dict]:
         cur = self.conn.execute(
             "SELECT name, kind, enabled, category, source, format, domains, allows, errors, "
-            "updated FROM lists ORDER BY kind, name"
+            "updated, etag, last_modified, services, checked, added FROM lists "
+            "ORDER BY kind, name"
         )
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur]
@@ -807,41 +847,143 @@ class Store:
         errors: int,
         command: str,
         comment: str | None = None,
-    ) -> None:
-        """Create or atomically replace an imported list (one transaction)."""
+        etag: str | None = None,
+        last_modified: str | None = None,
+        services: Iterable[str] = (),
+        guard: bool = False,
+    ) -> ListChange:
+        """Create or atomically replace an imported list (one transaction).
 
-        def change() -> None:
+        With `guard` (an update, not an import the administrator typed), a list that
+        would lose half of its names or more, or end up empty, is kept as it was.
+
+        Raises:
+            StoreError: the name is a catalog service, or `guard` refused the change.
+        """
+        domains = list(domains)
+        allow = list(allow)
+        services = list(services)
+
+        def change() -> ListChange:
             row = self.conn.execute("SELECT kind, enabled FROM lists WHERE name = ?", (name,))
             existing = row.fetchone()
             if existing and existing[0] != "imported":
                 raise StoreError(f"{name!r} is a catalog service; pick another --name")
+            old = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT domain FROM list_domains WHERE list = ? AND kind = 'block'", (name,)
+                )
+            }
+            new = set(domains)
+            diff = ListChange(sorted(new - old), sorted(old - new), len(new))
+            if guard and old:
+                if not new:
+                    raise StoreError(f"{name}: the new list has no names; the old list is kept")
+                if len(diff.removed) * 2 >= len(old):
+                    raise StoreError(
+                        f"{name}: the new list would drop {len(diff.removed)} of its "
+                        f"{len(old)} names (half or more); the old list is kept. If that is "
+                        f"right, import it again: sinkhole lists import {source} --name {name}"
+                    )
             enabled = existing[1] if existing else 1
+            now = utcnow_text()
             self.conn.execute("DELETE FROM list_domains WHERE list = ?", (name,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO lists (name, kind, enabled, category, source, format, "
-                "domains, allows, errors, updated) VALUES (?, 'imported', ?, ?, ?, ?, 0, 0, ?, ?)",
-                (name, enabled, f"list:{name}", source, fmt, errors, utcnow_text()),
+                "domains, allows, errors, updated, etag, last_modified, services, checked) "
+                "VALUES (?, 'imported', ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    enabled,
+                    f"list:{name}",
+                    source,
+                    fmt,
+                    errors,
+                    now,
+                    etag,
+                    last_modified,
+                    json.dumps(services) if services else None,
+                    now,
+                ),
             )
-            n_block = n_allow = 0
             batch: list[tuple[str, str, str]] = []
             for kind, items in (("block", domains), ("allow", allow)):
                 for d in items:
                     batch.append((name, d, kind))
-                    if kind == "block":
-                        n_block += 1
-                    else:
-                        n_allow += 1
                     if len(batch) >= 10_000:
                         self.conn.executemany("INSERT INTO list_domains VALUES (?, ?, ?)", batch)
                         batch.clear()
             if batch:
                 self.conn.executemany("INSERT INTO list_domains VALUES (?, ?, ?)", batch)
             self.conn.execute(
-                "UPDATE lists SET domains = ?, allows = ? WHERE name = ?", (n_block, n_allow, name)
+                "UPDATE lists SET domains = ?, allows = ? WHERE name = ?",
+                (len(domains), len(allow), name),
             )
-            self._bump(None, command, comment, f"{name} from {source}: {n_block} names")
+            if existing:
+                self.conn.execute(
+                    "INSERT INTO list_updates (ts, list, added, removed, names) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (now, name, len(diff.added), len(diff.removed), len(new)),
+                )
+            detail = f"{name} from {source}: {len(domains)} names"
+            if existing:
+                detail += f" (+{len(diff.added)} -{len(diff.removed)})"
+            self._bump(None, command, comment, detail)
+            return diff
 
-        self._write(change)
+        return self._write(change)
+
+    def url_lists(self, names: Iterable[str] = ()) -> list[dict]:
+        """Imported lists whose source is an http(s) URL (those of `names`, or all).
+
+        Raises:
+            StoreError: a name is not an imported list, or was imported from a file.
+        """
+        rows = {r["name"]: r for r in self.lists() if r["kind"] == "imported"}
+        names = list(names)
+        for n in names:
+            if n not in rows:
+                raise StoreError(f"no imported list named {n!r} (see `sinkhole lists`)")
+            if not (rows[n]["source"] or "").startswith(("http://", "https://")):
+                raise StoreError(
+                    f"{n}: imported from the file {rows[n]['source']}, not a URL; "
+                    f"import the file again to replace it"
+                )
+        picked = names or [
+            n for n, r in rows.items() if (r["source"] or "").startswith(("http://", "https://"))
+        ]
+        return [rows[n] for n in picked]
+
+    def list_checked(self, name: str) -> None:
+        """A conditional fetch found the list unchanged: note when."""
+        self._write(
+            lambda: self.conn.execute(
+                "UPDATE lists SET checked = ? WHERE name = ?", (utcnow_text(), name)
+            )
+        )
+
+    def mark_started(self) -> None:
+        """The server starts: what the catalog adds from now on is new for `sinkhole lists`."""
+        self._write(
+            lambda: self.conn.execute(
+                "INSERT INTO settings VALUES ('server_started', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (utcnow_text(),),
+            )
+        )
+
+    def new_services(self) -> set[str]:
+        """Catalog services first seen at the server's last start or since."""
+        since = self.setting("server_started") or ""
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM lists WHERE kind = 'service' AND added IS NOT NULL "
+                "AND added >= ?",
+                (since,),
+            )
+        }
 
     def remove_list(self, name: str, *, command: str, comment: str | None = None) -> None:
         def change() -> None:

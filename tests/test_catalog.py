@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import textwrap
 from pathlib import Path
@@ -73,9 +74,69 @@ def test_every_service_has_name_domains_sources_and_verified_date(shipped: Catal
         assert svc.name, sid
         assert svc.sources, sid
         assert all(s.startswith("https://") for s in svc.sources), sid
-        assert svc.verified == "2026-11-29", sid
+        assert svc.verified is not None, sid
+        # A real date, not after the day this catalog was last checked.
+        assert datetime.date.fromisoformat(svc.verified).isoformat() <= LAST_CHECKED, sid
         # Only a service DNS cannot separate may have no domains, and it must say why.
         assert svc.domains or svc.notes, sid
+
+
+#: The day the shipped catalog was last gone through against the public lists.
+LAST_CHECKED = "2026-12-02"
+MUST_NOT_BLOCK = SHIPPED / "must-not-block.txt"
+
+
+def must_not_block() -> list[str]:
+    names = []
+    for line in MUST_NOT_BLOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def test_must_not_block_list_is_long_enough_to_mean_something() -> None:
+    names = must_not_block()
+    assert len(names) >= 100
+    for needed in ("google.com", "googleapis.com", "github.com", "x.com", "amazonaws.com"):
+        assert needed in names
+
+
+@pytest.mark.parametrize("name", must_not_block())
+def test_no_catalog_pattern_covers_a_must_not_block_name(shipped: Catalog, name: str) -> None:
+    # The name itself and a name under it: "*.x" never blocks x but blocks www.x.
+    for probe in (name, "www." + name):
+        assert blocking_services(shipped, probe) == [], probe
+
+
+def test_no_two_services_claim_one_domain(shipped: Catalog) -> None:
+    owners: list[tuple[str, str]] = [
+        (p, sid) for sid, svc in shipped.services.items() for p in svc.domains
+    ]
+    clashes = [
+        (a, sa, b, sb)
+        for a, sa in owners
+        for b, sb in owners
+        if sa != sb and matches(a, b.removeprefix("*."))
+    ]
+    assert clashes == []
+
+
+def test_every_keep_and_api_host_lies_under_its_own_service(shipped: Catalog) -> None:
+    for sid, svc in shipped.services.items():
+        for host in (*svc.keep, *svc.api):
+            assert any(matches(p, host) or p == host for p in svc.domains), (sid, host)
+
+
+def test_the_catalog_check_itself_reports_a_keep_outside_its_service(tmp_path: Path) -> None:
+    write(tmp_path, "examples.yaml", MINIMAL + "    keep: [status.other.org]\n")
+    assert any("keep[0]" in p for p in check_catalog(tmp_path))
+
+
+def test_shipped_catalog_has_the_coverage_the_readme_states(shipped: Catalog) -> None:
+    readme = (SHIPPED.parent / "README.md").read_text()
+    count = len(shipped.categories["ai-chatbots"])
+    assert f"`ai-chatbots.yaml` ({count} services" in readme
 
 
 @pytest.mark.parametrize(
@@ -111,6 +172,28 @@ def test_every_service_has_name_domains_sources_and_verified_date(shipped: Catal
         "copy.ai",
         "chatglm.cn",
         "yiyan.baidu.com",
+        # 2026-12-02: second domains, hosts the chat pages load, international brands,
+        # search engines, playgrounds, agents, companions.
+        "sora.com",
+        "gemini.gstatic.com",
+        "ai.studio",
+        "www.perplexity.com",
+        "ppl-ai-file-upload.s3.amazonaws.com",
+        "grok.x.com",
+        "www.dola.com",
+        "www.coze.com",
+        "www.minimax.io",
+        "www.talkie-ai.com",
+        "www.genspark.ai",
+        "openrouter.ai",
+        "chat.together.ai",
+        "www.cursor.com",
+        "jules.google.com",
+        "janitorai.com",
+        "www.replika.com",
+        "quillbot.com",
+        "giga.chat",
+        "alice.yandex.ru",
     ],
 )
 def test_shipped_catalog_blocks_each_required_chatbot(shipped: Catalog, probe: str) -> None:

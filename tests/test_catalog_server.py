@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 from collections.abc import Iterator
 
@@ -14,8 +15,9 @@ import pytest
 from dnslib import QTYPE, RR, A, DNSRecord
 
 from resolver.catalog import load_catalog
-from tests.conftest import hostport
+from tests.conftest import REPO_ROOT, hostport, run_cli
 from tests.dnstest.authserver import AuthServer
+from tests.test_lifecycle import wait_for
 from tests.test_policy import POPULAR
 
 EVERYWHERE = "198.51.100.7"
@@ -129,3 +131,50 @@ def test_exempt_group_resolves_its_service_and_others_get_the_sinkhole(sinkhole,
         ("127.0.0.5", "ai-lab", "claude.ai", 1),
         ("127.0.0.6", "staff", "chatgpt.com", 2),
     ]
+
+
+NEW_SERVICE = """
+  example-new-chat:
+    name: Example New Chat
+    domains: [new-chat.example.test]
+    keep: []
+    api: []
+    sources: [https://example.test/network]
+    verified: 2026-12-02
+"""
+
+
+def test_a_new_catalog_service_is_blocked_after_an_upgrade_and_marked_new(
+    sinkhole, everything, tmp_path
+):
+    catalog = tmp_path / "catalog"
+    shutil.copytree(REPO_ROOT / "blocklists", catalog)
+    server = sinkhole({"upstreams": [hostport(everything.address)], "catalog": str(catalog)})
+    assert first_address(ask(server, "new-chat.example.test")) == EVERYWHERE
+    env = {"SINKHOLE_CONFIG": str(server.config_path), "SINKHOLE_DB": server.config["database"]}
+    before = run_cli("lists", env=env)
+    assert before.returncode == 0 and " NEW" not in before.stdout
+    # An admin disables one catalog service; the upgrade must not undo that choice.
+    assert run_cli("lists", "disable", "phind", env=env).returncode == 0
+    # The upgrade: a new service in the enabled category, then a reload (no command).
+    path = catalog / "ai-chatbots.yaml"
+    path.write_text(path.read_text() + NEW_SERVICE)
+    server.reload()
+    assert wait_for(lambda: first_address(ask(server, "new-chat.example.test")) == "0.0.0.0")
+    assert first_address(ask(server, "www.phind.com")) == EVERYWHERE
+    after = run_cli("lists", env=env)
+    (line,) = [ln for ln in after.stdout.splitlines() if ln.startswith("example-new-chat")]
+    assert line.split()[1] == "yes" and line.endswith("  NEW")
+    assert "NEW: 1 services" in after.stdout
+    # After the next start it is no longer new, and still blocked.
+    assert server.stop() == 0
+    restarted = sinkhole(
+        {
+            "upstreams": [hostport(everything.address)],
+            "catalog": str(catalog),
+            "database": server.config["database"],
+        }
+    )
+    assert first_address(ask(restarted, "new-chat.example.test")) == "0.0.0.0"
+    again = run_cli("lists", env=env)
+    assert again.returncode == 0 and " NEW" not in again.stdout

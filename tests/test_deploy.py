@@ -222,3 +222,40 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
         [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
     )
     assert "ProtectSytem" in result.stdout + result.stderr
+
+
+LISTS_UPDATE = DEPLOY / "sinkhole-lists-update.service"
+LISTS_TIMER = DEPLOY / "sinkhole-lists-update.timer"
+
+
+def test_lists_update_unit_runs_the_real_command_weekly() -> None:
+    (exec_start,) = unit_values(LISTS_UPDATE)["ExecStart"]
+    argv = shlex.split(exec_start)
+    command, _params = parse_sinkhole_args(argv[1:])
+    assert command == "lists update"
+    assert unit_values(LISTS_UPDATE)["Environment"] == [f"SINKHOLE_CONFIG={CONFIG_PATH}"]
+    timer = unit_values(LISTS_TIMER)
+    assert timer["Unit"] == [LISTS_UPDATE.name]
+    assert timer["OnCalendar"][0].startswith("Sun ")
+
+
+def test_systemd_analyze_verify_accepts_the_lists_update_units(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is missing in CI: install the systemd package")
+        pytest.skip("systemd-analyze is not installed")
+    exec_start = shlex.split(unit_values(LISTS_UPDATE)["ExecStart"][0])
+    real = shlex.join([sys.executable, "-m", "resolver", *exec_start[1:]])
+    service = tmp_path / LISTS_UPDATE.name
+    service.write_text(
+        re.sub(r"(?m)^ExecStart=.*$", lambda _m: f"ExecStart={real}", LISTS_UPDATE.read_text())
+    )
+    timer = tmp_path / LISTS_TIMER.name
+    timer.write_text(LISTS_TIMER.read_text())
+    result = subprocess.run(
+        [analyze, "verify", str(service), str(timer)], capture_output=True, text=True, timeout=60
+    )
+    output = (result.stdout + result.stderr).strip()
+    ours = [line for line in output.splitlines() if str(tmp_path) in line or "sinkhole" in line]
+    assert result.returncode == 0 and not ours, output

@@ -24,6 +24,7 @@ from resolver.listformats import (
     format_error,
     parse_lines,
     read_source,
+    v2fly_includes,
 )
 
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -515,3 +516,130 @@ def test_read_source_cut_off_download_is_a_list_error(truncating_server: int) ->
     url = f"http://127.0.0.1:{truncating_server}/list.txt"
     with pytest.raises(ListError, match=f"^{url}: "):
         read_source(url, timeout=5)
+
+
+# --- v2fly data files and AdGuard services JSON ---------------------------------------------
+
+V2FLY_MAIN = """\
+# A service file, as in v2fly/domain-list-community data/
+include:helper
+include:regional @cn
+example-chat.com
+domain:chat-cdn.net
+full:api.example-host.org   # one host of a shared domain
+keyword:chatbot
+regexp:^chat-\\d+\\.example\\.net$
+full:browser-intake.example-metrics.com @ads
+shop.example-chat.com @cn &other
+bad..name
+"""
+
+
+def write_v2fly(tmp_path: Path) -> Path:
+    (tmp_path / "helper").write_text("helper-ai.io\ninclude:main\n")
+    (tmp_path / "regional").write_text("cn-chat.cn @cn\nglobal-chat.com @!cn\n")
+    main = tmp_path / "main"
+    main.write_text(V2FLY_MAIN)
+    return main
+
+
+def test_v2fly_file_follows_includes_and_keeps_domain_and_full_entries(tmp_path: Path) -> None:
+    main = write_v2fly(tmp_path)
+    source = str(main)
+    result = parse_lines(read_source(source), "auto", source, include=v2fly_includes(source))
+    assert result.format == "v2fly"
+    assert result.domains == [
+        "helper-ai.io",
+        "cn-chat.cn",  # the include's @cn filter drops global-chat.com
+        "example-chat.com",
+        "chat-cdn.net",
+        "api.example-host.org",
+        "shop.example-chat.com",
+    ]
+    assert result.origin["helper-ai.io"] == "helper"
+    assert result.origin["chat-cdn.net"] == "main"
+    reasons = dict(result.errors)
+    # The include back to main is a loop, reported where helper was included.
+    assert "includes itself" in reasons[2]
+    assert "keyword rule 'chatbot'" in reasons[7] and "cannot express" in reasons[7]
+    assert "regexp rule" in reasons[8]
+    assert "'bad..name' is not a valid domain name" in reasons[11]
+    # The @ads host is skipped, not blocked and not an error.
+    assert "browser-intake.example-metrics.com" not in result.domains
+    assert 9 not in reasons
+
+
+def test_v2fly_include_without_a_directory_or_missing_file_is_reported(tmp_path: Path) -> None:
+    lines = ["include:nowhere", "example-chat.com"]
+    result = parse_lines(lines, "v2fly", "data/x")
+    assert result.domains == ["example-chat.com"]
+    assert result.errors and "not followed" in result.errors[0][1]
+    include = v2fly_includes(str(tmp_path / "x"))
+    result = parse_lines(lines, "v2fly", str(tmp_path / "x"), include=include)
+    assert result.errors[0][0] == 1 and "no such file" in result.errors[0][1]
+
+
+def test_v2fly_includes_are_read_from_the_same_url_directory(http_dir: tuple[str, Path]) -> None:
+    base, root = http_dir
+    write_v2fly(root)
+    source = f"{base}/main"
+    result = parse_lines(read_source(source), "auto", source, include=v2fly_includes(source))
+    assert "helper-ai.io" in result.domains and "cn-chat.cn" in result.domains
+
+
+ADGUARD_JSON = """\
+{
+  "blocked_services": [
+    {
+      "id": "examplechat",
+      "name": "Example Chat",
+      "rules": [
+        "||example-chat.com^",
+        "||chat-cdn.net^",
+        "||example-chat.com/path^"
+      ],
+      "group": "ai"
+    },
+    {
+      "id": "videos",
+      "name": "Videos",
+      "rules": [
+        "||videos.example^"
+      ],
+      "group": "streaming"
+    }
+  ]
+}
+"""
+
+
+def test_adguard_services_json_gives_names_per_service_and_errors_at_their_line() -> None:
+    lines = ADGUARD_JSON.splitlines()
+    result = parse_lines(lines, "auto", "services.json")
+    assert result.format == "adguard-services"
+    assert result.domains == ["example-chat.com", "chat-cdn.net", "videos.example"]
+    assert result.origin["chat-cdn.net"] == "Example Chat (examplechat)"
+    assert len(result.errors) == 1
+    line, reason = result.errors[0]
+    assert line == 9 and reason.startswith("service examplechat: unsupported adblock rule")
+
+
+def test_adguard_services_filter_by_group_or_id() -> None:
+    lines = ADGUARD_JSON.splitlines()
+    assert parse_lines(lines, "adguard-services", services=["ai"]).domains == [
+        "example-chat.com",
+        "chat-cdn.net",
+    ]
+    assert parse_lines(lines, "adguard-services", services=["videos"]).domains == ["videos.example"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"blocked_services": [', "services.json:1: not valid JSON"),
+        ('{"groups": []}', 'no "blocked_services" list'),
+    ],
+)
+def test_broken_adguard_services_json_is_one_list_error(text: str, expected: str) -> None:
+    with pytest.raises(ListError, match=expected):
+        parse_lines(text.splitlines(), "adguard-services", "services.json")
