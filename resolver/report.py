@@ -1263,8 +1263,7 @@ def render_csv(report: dict[str, Any]) -> str:
         if row["date"] not in modes:
             modes[row["date"]] = _day_privacy(report, row["date"])
         cells = [
-            csv_cell(strip_controls(str(row[c]))) if row[c] is not None else ""
-            for c in CSV_COLUMNS
+            csv_cell(strip_controls(str(row[c]))) if row[c] is not None else "" for c in CSV_COLUMNS
         ]
         writer.writerow([*cells, modes[row["date"]]])
     return buf.getvalue()
