@@ -28,6 +28,7 @@ from resolver.store import (
     m001_initial,
     m002_hits_5min,
     m003_attempts_and_hourly_rollups,
+    m004_web_users,
     migrate,
     schema_version,
     write_hits,
@@ -132,6 +133,7 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
         ("m001_initial",),
         ("m002_hits_5min",),
         ("m003_attempts_and_hourly_rollups",),
+        ("m004_web_users",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
@@ -141,9 +143,10 @@ def _one_more() -> Migrations:
     steps()(m001_initial)
     steps()(m002_hits_5min)
     steps()(m003_attempts_and_hourly_rollups)
+    steps()(m004_web_users)
 
     @steps()
-    def m004_hits_note(db: sqlite_utils.Database) -> None:
+    def m005_hits_note(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE hits ADD COLUMN note TEXT")
 
     return steps
@@ -154,18 +157,18 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _one_more()) == 4
-        assert schema_version(db_) == 4
+        assert migrate(db_, _one_more()) == 5
+        assert schema_version(db_) == 5
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _one_more()) == 4
+        assert migrate(db_, _one_more()) == 5
     finally:
         db_.close()
-    # This code knows three migrations: a newer database is refused, not rewritten.
+    # This code knows four migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("4",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("5",)]
 
 
 def test_failed_migration_changes_nothing(db):
@@ -173,9 +176,10 @@ def test_failed_migration_changes_nothing(db):
     steps()(m001_initial)
     steps()(m002_hits_5min)
     steps()(m003_attempts_and_hourly_rollups)
+    steps()(m004_web_users)
 
     @steps()
-    def m004_broken(db: sqlite_utils.Database) -> None:
+    def m005_broken(db: sqlite_utils.Database) -> None:
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("bug in a migration")
 
@@ -184,8 +188,8 @@ def test_failed_migration_changes_nothing(db):
         with pytest.raises(RuntimeError):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 3
-        assert [m.name for m in steps.pending(db_)] == ["m004_broken"]
+        assert schema_version(db_) == 4
+        assert [m.name for m in steps.pending(db_)] == ["m005_broken"]
     finally:
         db_.close()
 
