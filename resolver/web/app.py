@@ -405,7 +405,7 @@ def _range_key(request: Request) -> str:
     return key
 
 
-def overview_context(web: Web, key: str) -> dict[str, Any]:
+def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     start, end = data.range_bounds(key, web.tz)
     chosen = data.report_for(web.config, web.catalog, start, end)
     t0, t1 = data.today_bounds(web.tz)
@@ -419,7 +419,7 @@ def overview_context(web: Web, key: str) -> dict[str, Any]:
         bars = data.hourly_trend(web.config.database, int(start.timestamp()), int(end.timestamp()))
         trend = charts.hours_svg(bars, web.tz)
     else:
-        trend = charts.days_svg(chosen["days"])
+        trend = charts.days_svg(chosen["days"], lang)
     return {
         "range": key,
         "ranges": data.RANGES,
@@ -437,7 +437,7 @@ def overview_context(web: Web, key: str) -> dict[str, Any]:
 async def overview(request: Request) -> Response:
     web = web_of(request)
     key = _range_key(request)
-    ctx = await run_in_threadpool(overview_context, web, key)
+    ctx = await run_in_threadpool(overview_context, web, key, language(request))
     template = "_overview.html" if request.headers.get("hx-request") else "overview.html"
     return render(request, template, ctx)
 
@@ -814,7 +814,6 @@ async def report_page(request: Request) -> Response:
             "query": urlencode(q),
             "formats": list(REPORT_FORMATS),
             "weeks": weeks,
-            "days_svg": charts.days_svg(report["days"]),
         },
     )
 

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from babel.dates import format_date
+
 from resolver import report as rpt
 
-#: The html report's charts, shared so that the dashboard and the report draw alike.
-days_svg = rpt._days_svg
+#: The html report's chart per service, shared so that the dashboard and report draw alike.
 services_svg = rpt._services_svg
+
+
+def days_svg(days: list[dict[str, Any]], lang: str) -> str:
+    """The report's chart per day, with the weekdays in the page's language."""
+    named = [
+        {**d, "weekday": format_date(date.fromisoformat(d["date"]), "EEE", locale=lang)}
+        for d in days
+    ]
+    return rpt._days_svg(named)
 
 
 def hours_svg(hours: list[dict[str, Any]], tz: str) -> str:
