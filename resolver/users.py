@@ -185,6 +185,10 @@ def failures(store: Store, keys: list[str], throttle: Throttle, now: int | None 
 
 def record_failure(store: Store, keys: list[str], throttle: Throttle) -> None:
     now = int(time.time())
+    # Guesses at many names must not grow the table without bound: forgotten rows go.
+    store.conn.execute(
+        "DELETE FROM web_login_failures WHERE last_ts <= ?", (now - throttle.window,)
+    )
     for key in keys:
         store.conn.execute(
             "INSERT INTO web_login_failures VALUES (?, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET "

@@ -46,7 +46,7 @@ from resolver.errors import SinkholeError, StoreError
 from resolver.presentation import display_name, strip_controls
 from resolver.store import Store
 from resolver.users import clear_failures as clear_login_failures
-from resolver.users import failures, password_hash, record_failure, verify_password
+from resolver.users import failures, get_user, password_hash, record_failure, verify_password
 from resolver.web import charts, data
 from resolver.web.auth import (
     CSRF_FIELD,
@@ -325,10 +325,10 @@ async def login(request: Request) -> Response:
             if not ok:
                 record_failure(store, keys, throttle)
                 return "failed", delay
-            clear_login_failures(store, keys[:1])
-            from resolver.users import get_user
-
             user = get_user(store, username)
+            if user is None:  # removed between the two reads
+                return "failed", delay
+            clear_login_failures(store, keys[:1])
             return "ok", user
 
     outcome, detail = await run_in_threadpool(check)
@@ -390,7 +390,7 @@ async def health(request: Request) -> Response:
             with web.store() as store:
                 version = store.setting("schema_version")
             lag = data.traffic_lag(web.config.database)
-        except (StoreError, OSError, Exception) as exc:  # noqa: BLE001 - health says why
+        except Exception as exc:  # noqa: BLE001 - whatever it is, health says it
             return 503, {"status": "error", "database": str(exc)}
         return 200, {"status": "ok", "database": "ok", "schema": version, **lag}
 
