@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[web,test]'
 	touch $(STAMP)
 
 # Embedded defaults: UDP+TCP on 127.0.0.1:1053, upstreams from /etc/resolv.conf,

@@ -1070,6 +1070,119 @@ def status(config_path, db, metrics_address: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+# -- the dashboard -------------------------------------------------------------------------
+
+
+@cli.command()
+@common
+@click.option("--listen", metavar="HOST:PORT", help="Address to serve on (default: web.listen).")
+def web(config_path, db, listen: str | None) -> None:
+    """Run the web dashboard (its own process, never the DNS server's) until SIGTERM.
+
+    Needs the web extra: pip install 'chatbot-sinkhole[web]'.
+
+    Example: sinkhole web --config /etc/sinkhole/config.yaml
+    """
+    from dataclasses import replace
+
+    from resolver.config import parse_config
+
+    config = get_config(config_path, db)
+    if listen:
+        try:
+            # The same checks as the config key: loopback, or TLS, or behind_proxy.
+            web_section = {
+                "listen": listen,
+                "tls_cert": config.web.tls_cert,
+                "tls_key": config.web.tls_key,
+                "behind_proxy": config.web.behind_proxy,
+            }
+            checked = parse_config({"web": web_section}, "--listen").web
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc).split(": ", 2)[-1], param_hint="--listen") from None
+        config = config.with_overrides(web=replace(config.web, listen=checked.listen))
+    try:
+        from resolver.web.server import run_web
+    except ImportError as exc:
+        raise SinkholeError(
+            f"the dashboard needs the web extra (pip install 'chatbot-sinkhole[web]'): {exc}"
+        ) from None
+    sys.exit(run_web(config))
+
+
+@cli.group("users", cls=SinkholeGroup)
+def users_group() -> None:
+    """Dashboard accounts: an admin changes the policy, a viewer reads."""
+
+
+@users_group.command("add")
+@common
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["admin", "viewer"]), required=True, help="What it may do."
+)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (one line).")
+@click.option("--replace", is_flag=True, help="Change an existing user's role and password.")
+def users_add(config_path, db, name, role, password_stdin, replace) -> None:
+    """Add a dashboard user; the password is asked twice, or read from stdin.
+
+    Example: echo 'long secret words' | sinkhole users add alice --role admin --password-stdin
+    """
+    from resolver.users import add_user, check_username
+
+    check_username(name)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    config = get_config(config_path, db)
+    from resolver.store import Store
+
+    with Store(config.database) as store:
+        add_user(store, name, role, password, replace=replace)
+    click.echo(f"{'updated' if replace else 'added'} {role} {name}")
+
+
+@users_group.command("list")
+@common
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def users_list(config_path, db, as_json) -> None:
+    """The dashboard users and their roles.
+
+    Example: sinkhole users list
+    """
+    from resolver.store import Store
+    from resolver.users import list_users
+
+    config = get_config(config_path, db)
+    with Store(config.database) as store:
+        rows = [{"name": u.name, "role": u.role, "created": u.created} for u in list_users(store)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no dashboard users yet: sinkhole users add NAME --role admin")
+    for r in rows:
+        click.echo(f"{r['name']:<20}  {r['role']:<6}  {r['created']}")
+
+
+@users_group.command("remove")
+@common
+@click.argument("name")
+def users_remove(config_path, db, name) -> None:
+    """Remove a dashboard user; their open sessions end at their next request.
+
+    Example: sinkhole users remove alice
+    """
+    from resolver.store import Store
+    from resolver.users import remove_user
+
+    config = get_config(config_path, db)
+    with Store(config.database) as store:
+        remove_user(store, name)
+    click.echo(f"removed {name}")
+
+
 def main() -> None:
     try:
         cli(prog_name="sinkhole")

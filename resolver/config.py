@@ -98,6 +98,32 @@ class TcpConfig:
     idle_timeout: float = 10.0
 
 
+DEFAULT_WEB_LISTEN = "127.0.0.1:8053"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The dashboard (`sinkhole web`): its address, TLS or a proxy, sessions, login throttle."""
+
+    listen: str = DEFAULT_WEB_LISTEN
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: A reverse proxy terminates TLS and sends X-Forwarded-For/-Proto from `proxy_ips`.
+    behind_proxy: bool = False
+    proxy_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    session_hours: int = 12
+    #: Failed logins: free ones, then slowed (login_delay doubling), refused from refuse_after.
+    login_free: int = 3
+    login_refuse_after: int = 10
+    login_delay: float = 1.0
+    login_window: int = 900
+
+    @property
+    def secure(self) -> bool:
+        """Browsers reach the dashboard over HTTPS (cookies get the Secure flag)."""
+        return bool(self.tls_cert) or self.behind_proxy
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; every field has a working default."""
@@ -123,6 +149,7 @@ class Config:
     user: str | None = None
     version_string: str | None = None
     catalog: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with the given top-level fields replaced (CLI options)."""
@@ -427,6 +454,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     user = top.string("user", None, allow_none=True)
     version_string = top.string("version_string", None, allow_none=True)
     catalog = top.string("catalog", None, allow_none=True)
+    web = _web_config(top.section("web"))
     top.finish()
     return Config(
         path=source,
@@ -450,7 +478,46 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         user=user,
         version_string=version_string,
         catalog=catalog,
+        web=web,
     )
+
+
+def _web_config(w: _Reader) -> WebConfig:
+    listen = w.string("listen", DEFAULT_WEB_LISTEN)
+    _check_hostport(w, w.key("listen"), listen, 8053)
+    cert = w.string("tls_cert", None, allow_none=True)
+    key = w.string("tls_key", None, allow_none=True)
+    if bool(cert) != bool(key):
+        w.fail(w.key("tls_key" if cert else "tls_cert"), "tls_cert and tls_key go together")
+    behind_proxy = w.boolean("behind_proxy", False)
+    proxy_ips = w.strings("proxy_ips", ("127.0.0.1", "::1"))
+    for i, ip in enumerate(proxy_ips):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            w.fail(f"{w.key('proxy_ips')}[{i}]", f"{ip!r} is not an IP address")
+    web = WebConfig(
+        listen=listen,
+        tls_cert=cert,
+        tls_key=key,
+        behind_proxy=behind_proxy,
+        proxy_ips=proxy_ips,
+        session_hours=w.integer("session_hours", 12, 1, 24 * 30),
+        login_free=w.integer("login_free", 3, 0, 100),
+        login_refuse_after=w.integer("login_refuse_after", 10, 1, 1000),
+        login_delay=w.number("login_delay", 1.0),
+        login_window=w.integer("login_window", 900, 1, 86_400),
+    )
+    host, _ = parse_hostport(listen, 8053)
+    if not ipaddress.ip_address(host).is_loopback and not (cert or behind_proxy):
+        # Passwords and the evidence would cross the office network in clear text.
+        w.fail(
+            w.key("listen"),
+            f"{listen!r} is not a loopback address: set web.tls_cert and web.tls_key, "
+            "or web.behind_proxy: true for a reverse proxy that terminates TLS",
+        )
+    w.finish()
+    return web
 
 
 def _check_hostport(reader: _Reader, key: str, value: str, default_port: int) -> None:

@@ -411,6 +411,30 @@ def m003_attempts_and_hourly_rollups(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m004_web_users(db: sqlite_utils.Database) -> None:
+    # The dashboard's accounts (issue 15). Sessions are signed cookies, not rows; a
+    # user's `session_epoch` grows when the password changes or the user is removed and
+    # added again, which ends every cookie signed before. Failed logins are counted per
+    # key ('user:NAME', 'ip:ADDRESS') so that a guessing client is slowed, then refused.
+    for statement in (
+        """CREATE TABLE web_users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,          -- admin | viewer
+            password TEXT NOT NULL,      -- scrypt$N$r$p$salt$hash (resolver/users.py)
+            created TEXT NOT NULL,
+            session_epoch INTEGER NOT NULL DEFAULT 1
+        )""",
+        """CREATE TABLE web_login_failures (
+            key TEXT PRIMARY KEY,        -- user:NAME | ip:ADDRESS
+            failures INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL
+        )""",
+    ):
+        db.execute(statement)
+
+
+@migrations()
 def m005_list_sources(db: sqlite_utils.Database) -> None:
     # `lists update` fetches URL lists again with conditional requests, so a list keeps
     # the validators its server gave (RFC 9110 §8.8) and the AdGuard services it was cut
@@ -509,7 +533,7 @@ def write_hits(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 
 
 #: The number of migrations this code knows; kept in settings as `schema_version`.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
@@ -776,9 +800,18 @@ class Store:
         return [dict(zip(cols, row, strict=True)) for row in cur]
 
     def set_enabled(
-        self, names: list[str], enabled: bool, *, command: str, comment: str | None = None
+        self,
+        names: list[str],
+        enabled: bool,
+        *,
+        command: str,
+        comment: str | None = None,
+        user: str | None = None,
     ) -> list[str]:
-        """Enable or disable catalog services, API parts (`id:api`) or imported lists."""
+        """Enable or disable catalog services, API parts (`id:api`) or imported lists.
+
+        `user`: who, for the audit trail (a dashboard user); default the OS user.
+        """
 
         def change() -> list[str]:
             changed = []
@@ -790,13 +823,19 @@ class Store:
                 if cur.rowcount == 0:
                     raise StoreError(f"no list or service named {name!r}")
                 changed.append(name)
-            self._bump(None, command, comment, " ".join(names))
+            self._bump(user, command, comment, " ".join(names))
             return changed
 
         return self._write(change)
 
     def add_rules(
-        self, patterns: list[str], action: str, *, command: str, comment: str | None = None
+        self,
+        patterns: list[str],
+        action: str,
+        *,
+        command: str,
+        comment: str | None = None,
+        user: str | None = None,
     ) -> None:
         def change() -> None:
             for p in patterns:
@@ -804,14 +843,20 @@ class Store:
                     "INSERT INTO rules (pattern, action, comment, created, user) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT(pattern, action) "
                     "DO UPDATE SET comment = excluded.comment",
-                    (p, action, comment, utcnow_text(), os_user()),
+                    (p, action, comment, utcnow_text(), user or os_user()),
                 )
-            self._bump(None, command, comment, " ".join(patterns))
+            self._bump(user, command, comment, " ".join(patterns))
 
         self._write(change)
 
     def remove_rules(
-        self, patterns: list[str], action: str, *, command: str, comment: str | None = None
+        self,
+        patterns: list[str],
+        action: str,
+        *,
+        command: str,
+        comment: str | None = None,
+        user: str | None = None,
     ) -> list[str]:
         """Remove rules; returns the patterns that were not there."""
 
@@ -824,7 +869,7 @@ class Store:
                 if cur.rowcount == 0:
                     missing.append(p)
             if len(missing) < len(patterns):
-                self._bump(None, command, comment, " ".join(patterns))
+                self._bump(user, command, comment, " ".join(patterns))
             return missing
 
         return self._write(change)
@@ -997,6 +1042,17 @@ class Store:
             self._bump(None, command, comment, name)
 
         self._write(change)
+
+    def audit(self, user: str | None, command: str, detail: str = "") -> None:
+        """An audit row that changes no policy (a dashboard account added or removed)."""
+
+        def write() -> None:
+            self.conn.execute(
+                "INSERT INTO audit (ts, user, command, comment, detail) VALUES (?, ?, ?, ?, ?)",
+                (utcnow_text(), user or os_user(), command, None, detail),
+            )
+
+        self._write(write)
 
     def history(self, limit: int = 50) -> list[dict]:
         cur = self.conn.execute(

@@ -20,6 +20,7 @@ import pytest
 
 from tests.dnstest.authserver import AuthServer
 from tests.dnstest.sinkhole import SinkholeProcess
+from tests.dnstest.webserver import WebProcess
 from tests.dnstest.zone import Zone, build_zone
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,33 @@ def sinkhole(tmp_path: Path, upstream: AuthServer) -> Iterator[SinkholeFactory]:
         return proc
 
     yield start
+    for proc in started:
+        proc.stop()
+
+
+WebFactory = Callable[..., WebProcess]
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[WebFactory]:
+    """Real `sinkhole web` processes on free loopback ports; each stopped by PID at teardown.
+
+    dashboard(config, start=True): the config dict of the dashboard (database defaults to a
+    fresh file in tmp_path); call .start() later with start=False, after adding users.
+    """
+    started: list[WebProcess] = []
+
+    def make(config: dict[str, Any] | None = None, *, start: bool = True) -> WebProcess:
+        cfg: dict[str, Any] = {"timezone": "Europe/Paris", **(config or {})}
+        work = tmp_path / f"web{len(started)}"
+        cfg.setdefault("database", str(work / "sinkhole.db"))
+        proc = WebProcess(cfg, work)
+        started.append(proc)
+        if start:
+            proc.start()
+        return proc
+
+    yield make
     for proc in started:
         proc.stop()
 

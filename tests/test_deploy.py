@@ -259,3 +259,40 @@ def test_systemd_analyze_verify_accepts_the_lists_update_units(tmp_path: Path) -
     output = (result.stdout + result.stderr).strip()
     ours = [line for line in output.splitlines() if str(tmp_path) in line or "sinkhole" in line]
     assert result.returncode == 0 and not ours, output
+
+
+WEB_UNIT = DEPLOY / "sinkhole-web.service"
+
+
+def test_web_unit_runs_the_dashboard_on_the_production_config() -> None:
+    values = unit_values(WEB_UNIT)
+    (exec_start,) = values["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert Path(argv[0]).name == "sinkhole"
+    command, params = parse_sinkhole_args(argv[1:])
+    assert command == "web"
+    assert params["config_path"] == CONFIG_PATH
+    last = {k: v[-1] for k, v in values.items()}
+    # The same user and state directory as the DNS server: one database.
+    assert last["User"] == unit_values()["User"][-1] and last["StateDirectory"] == "sinkhole"
+    assert last["CapabilityBoundingSet"] == "" and last["NoNewPrivileges"] == "yes"
+    assert last["ProtectSystem"] == "strict"
+
+
+def test_systemd_analyze_verify_accepts_the_web_unit(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is missing in CI: install the systemd package")
+        pytest.skip("systemd-analyze is not installed")
+    exec_start = shlex.split(unit_values(WEB_UNIT)["ExecStart"][0])
+    real = shlex.join([sys.executable, "-m", "resolver", *exec_start[1:]])
+    copy = tmp_path / "sinkhole-web.service"
+    text = WEB_UNIT.read_text()
+    copy.write_text(re.sub(r"(?m)^ExecStart=.*$", lambda _m: f"ExecStart={real}", text))
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    output = (result.stdout + result.stderr).strip()
+    ours = [line for line in output.splitlines() if str(copy) in line or "sinkhole" in line]
+    assert result.returncode == 0 and not ours, output

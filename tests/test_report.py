@@ -1209,6 +1209,7 @@ def test_m002_database_backfills_to_the_report_of_fresh_writes(
         "m001_initial",
         "m002_hits_5min",
         "m003_attempts_and_hourly_rollups",
+        "m004_web_users",
         "m005_list_sources",
     ]
     assert not sqlite_utils.Database(old)["hits_5min"].exists()

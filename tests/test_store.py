@@ -28,6 +28,7 @@ from resolver.store import (
     m001_initial,
     m002_hits_5min,
     m003_attempts_and_hourly_rollups,
+    m004_web_users,
     m005_list_sources,
     migrate,
     schema_version,
@@ -133,6 +134,7 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
         ("m001_initial",),
         ("m002_hits_5min",),
         ("m003_attempts_and_hourly_rollups",),
+        ("m004_web_users",),
         ("m005_list_sources",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
@@ -143,6 +145,7 @@ def _one_more() -> Migrations:
     steps()(m001_initial)
     steps()(m002_hits_5min)
     steps()(m003_attempts_and_hourly_rollups)
+    steps()(m004_web_users)
     steps()(m005_list_sources)
 
     @steps()
@@ -157,18 +160,18 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _one_more()) == 5
-        assert schema_version(db_) == 5
+        assert migrate(db_, _one_more()) == 6
+        assert schema_version(db_) == 6
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _one_more()) == 5
+        assert migrate(db_, _one_more()) == 6
     finally:
         db_.close()
-    # This code knows four migrations: a newer database is refused, not rewritten.
+    # This code knows five migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("5",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("6",)]
 
 
 def test_failed_migration_changes_nothing(db):
@@ -176,6 +179,7 @@ def test_failed_migration_changes_nothing(db):
     steps()(m001_initial)
     steps()(m002_hits_5min)
     steps()(m003_attempts_and_hourly_rollups)
+    steps()(m004_web_users)
     steps()(m005_list_sources)
 
     @steps()

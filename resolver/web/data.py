@@ -1,0 +1,176 @@
+"""What the dashboard reads: the report's figures (resolver.report), the attempts log, the trend.
+
+Every figure comes from the functions the CLI calls (`build_report`, `Store.recent_hits`,
+`Store.lists`, `Store.history`), so a page and the command line never disagree; the log's
+filters and the hourly trend are the only SQL of the dashboard's own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from resolver import report as rpt
+from resolver.catalog import Catalog
+from resolver.config import Config
+from resolver.store import HOUR_SECONDS, SVC_SQL
+
+#: Ranges of the overview: (key, hours of the trend or days, bar width).
+RANGES = ("24h", "week", "30d")
+DEFAULT_RANGE = "week"
+LOG_LIMIT = 200
+STREAM_BATCH = 200
+HIT_COLUMNS = "id, ts, client, client_group, qname, qtype, service, category, rule, action, count"
+
+
+def report_for(config: Config, catalog: Catalog, start: datetime, end: datetime) -> dict:
+    """The report's dict for [start, end), exactly as `sinkhole report --format json`."""
+    return rpt.build_report(
+        config.database,
+        start=start,
+        end=end,
+        tz=site_timezone(config),
+        privacy=config.privacy.clients,
+        retention_days=config.privacy.retention_days,
+        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+        service_names={sid: s.name for sid, s in catalog.services.items()},
+    )
+
+
+def site_timezone(config: Config) -> str:
+    return config.timezone or rpt.local_timezone()
+
+
+def range_bounds(key: str, tz: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[start, end) of an overview range: the last 24 hours, this ISO week, the last 30 days."""
+    zi = ZoneInfo(tz)
+    now = (now or datetime.now(zi)).astimezone(zi)
+    end = (now + timedelta(seconds=1)).replace(microsecond=0)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=zi)
+    if key == "24h":
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        return hour - timedelta(hours=23), end
+    if key == "30d":
+        return (midnight - timedelta(days=29)).replace(tzinfo=zi), end
+    monday = midnight - timedelta(days=now.weekday())
+    return datetime(monday.year, monday.month, monday.day, tzinfo=zi), end
+
+
+def today_bounds(tz: str) -> tuple[datetime, datetime]:
+    zi = ZoneInfo(tz)
+    now = datetime.now(zi)
+    start = datetime(now.year, now.month, now.day, tzinfo=zi)
+    return start, (now + timedelta(seconds=1)).replace(microsecond=0)
+
+
+def hourly_trend(db_path: str, start: int, end: int) -> list[dict[str, Any]]:
+    """Blocked queries and attempts per clock hour in [start, end), as the report counts them
+    (bypass attempts apart), from the hourly rollup that the recorder keeps."""
+    first, last = start // HOUR_SECONDS, (end - 1) // HOUR_SECONDS
+    conn = _connect(db_path)
+    try:
+        rows = dict(
+            (h, (b, a))
+            for h, b, a in conn.execute(
+                "SELECT hour, SUM(blocked), SUM(attempts) FROM hits_hour "
+                "WHERE hour BETWEEN ? AND ? AND cat IS NOT ? GROUP BY hour",
+                (first, last, rpt.BYPASS_CATEGORY),
+            )
+        )
+    finally:
+        conn.close()
+    return [
+        {
+            "start": h * HOUR_SECONDS,
+            "end": (h + 1) * HOUR_SECONDS,
+            "blocked": rows.get(h, (0, 0))[0],
+            "attempts": rows.get(h, (0, 0))[1],
+        }
+        for h in range(first, last + 1)
+    ]
+
+
+def _connect(db_path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    return conn
+
+
+@dataclass
+class LogFilter:
+    """The attempts log's filters; every value is compared as given, never spliced into SQL."""
+
+    since: int = 0
+    until: int | None = None
+    service: str | None = None
+    group: str | None = None
+    client: str | None = None
+    name: str | None = None
+    limit: int = LOG_LIMIT
+    after_id: int = 0
+    params: dict[str, str] = field(default_factory=dict)
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, args = ["ts >= ?"], [self.since]
+        if self.until is not None:
+            clauses.append("ts < ?")
+            args.append(self.until)
+        if self.after_id:
+            clauses.append("id > ?")
+            args.append(self.after_id)
+        if self.service:
+            clauses.append(f"{SVC_SQL.format(p='')} = ?")
+            args.append(self.service)
+        if self.group:
+            clauses.append("COALESCE(client_group, 'other') = ?")
+            args.append(self.group)
+        if self.client:
+            clauses.append("client = ?")
+            args.append(self.client)
+        if self.name:
+            clauses.append("instr(qname, ?) > 0")
+            args.append(self.name.lower())
+        return " AND ".join(clauses), args
+
+
+def attempts(db_path: str, flt: LogFilter) -> list[dict[str, Any]]:
+    """Hits matching the filter, newest first, with their row id (for the live log)."""
+    where, args = flt.where()
+    conn = _connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        order = "id" if flt.after_id else "ts DESC, id DESC"
+        rows = conn.execute(
+            f"SELECT {HIT_COLUMNS} FROM hits WHERE {where} ORDER BY {order} LIMIT ?",
+            (*args, flt.limit),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [dict(r) for r in rows]
+
+
+def last_hit_id(db_path: str) -> int:
+    conn = _connect(db_path)
+    try:
+        (n,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM hits").fetchone()
+    finally:
+        conn.close()
+    return n
+
+
+def traffic_lag(db_path: str, since: int | None = None) -> dict[str, int]:
+    """Queries answered and the recorder's lag in the last hour, from `traffic`."""
+    since = int(time.time()) - 3600 if since is None else since
+    conn = _connect(db_path)
+    try:
+        q, lag, last = conn.execute(
+            "SELECT COALESCE(SUM(queries), 0), COALESCE(MAX(recorder_lag), 0), MAX(minute) "
+            "FROM traffic WHERE minute >= ?",
+            (since,),
+        ).fetchone()
+    finally:
+        conn.close()
+    return {"queries": q, "recorder_lag": lag, "last_minute": last}
