@@ -23,6 +23,7 @@ import yaml
 
 from resolver.store import connect, migrate
 from tests.conftest import query, raw_udp, run_cli
+from tests.dnstest.daemons import free_port
 
 BLOCKED = "chatgpt.com"
 #: A control byte sinkhole did not put there itself: C0, DEL, C1.
@@ -336,3 +337,14 @@ def test_blocked_queries_of_a_rate_limited_client_are_all_recorded(sinkhole):
         run_cli("report", "--since", "1d", "--format", "json", env={"SINKHOLE_DB": db}).stdout
     )
     assert report["totals"]["blocked"] == 20
+
+
+def test_sighup_upstreams_apply_to_the_next_miss(sinkhole, upstream):
+    server = sinkhole({"upstream_timeout": 1.0, "cache": {"serve_stale": False}})
+    assert query(server.address, "host-061.example.test").rcode() == dns.rcode.NOERROR
+    # A port nothing listens on: the new upstream never answers.
+    reload_with(server, upstreams=[f"127.0.0.1:{free_port()}"])
+    assert query(server.address, "host-062.example.test").rcode() == dns.rcode.SERVFAIL
+    assert upstream.count("host-062.example.test.") == 0
+    line = [x for x in server.stderr_text().splitlines() if "reloaded config" in x][-1]
+    assert "1 upstreams" in line
