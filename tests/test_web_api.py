@@ -8,6 +8,7 @@ real `sinkhole` command's.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import threading
 import time
@@ -556,3 +557,16 @@ def test_i18n_catalogue_translates_every_message():
     assert len(found) > 80
     missing = sorted(m for m in found if not (catalog.get(m) and catalog.get(m).string))
     assert missing == [], f"untranslated in {po.name}: {missing}"
+
+
+def test_sigterm_ends_open_live_logs_and_exits_cleanly(site):
+    c = login(site, VIEWER)
+    with c.stream("GET", "/api/stream", timeout=30) as r:
+        assert r.status_code == 200
+        # uvicorn re-raises the signal once it has shut down (systemd counts that as clean).
+        assert site.stop() in (0, -signal.SIGTERM)
+        # The stream ended with the server instead of being cut off after a timeout.
+        assert b"".join(r.iter_raw()).startswith(b"retry:")
+    c.close()
+    err = site.stderr_text()
+    assert "ERROR" not in err and "Traceback" not in err, err

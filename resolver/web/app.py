@@ -109,6 +109,8 @@ class Web:
         self.throttle = throttle_of(config.web)
         self.tz = data.site_timezone(config)
         self.envs = {lang: self._env(lang) for lang in LANGUAGES}
+        #: Set when the server is asked to stop: the live logs end, so shutdown need not wait.
+        self.closing = False
         self.clients_shown = config.privacy.clients in ("ip", "hashed")
         self.groups_shown = config.privacy.clients != "none"
 
@@ -533,7 +535,7 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
     names = {s.id: s.name for s in web.catalog.services.values()}
     yield b"retry: 1000\n\n"
     last_beat = time.monotonic()
-    while True:
+    while not web.closing:
         rows = await run_in_threadpool(data.attempts, web.config.database, flt)
         for row in rows:
             flt.after_id = max(flt.after_id, row["id"])
@@ -868,9 +870,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 class SecurityHeaders:
     """CSP and friends on every answer (pure ASGI, so streams are not buffered)."""
 
-    def __init__(self, app, secure: bool) -> None:
+    def __init__(self, app: Starlette, secure: bool) -> None:
         self.app = app
         self.secure = secure
+        self.web: Web = app.state.web
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":

@@ -12,8 +12,20 @@ from resolver.config import Config, parse_hostport
 from resolver.errors import ConfigError, SinkholeError
 
 log = logging.getLogger("sinkhole.web")
-#: Open live logs (server-sent events) are closed this long after SIGTERM.
+#: After SIGTERM, requests under way get this long; the live logs end at their next poll.
 GRACEFUL_SECONDS = 3
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that also ends the live logs when a signal asks it to stop."""
+
+    def __init__(self, config: uvicorn.Config, on_exit) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)
 
 
 def run_web(config: Config) -> int:
@@ -43,7 +55,11 @@ def run_web(config: Config) -> int:
     scheme = "https" if web.tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     log.info("dashboard on %s://%s:%d/ (database %s)", scheme, shown, port, config.database)
-    server = uvicorn.Server(
+
+    def closing() -> None:
+        app.web.closing = True
+
+    server = _Server(
         uvicorn.Config(
             app,
             host=host,
@@ -57,7 +73,8 @@ def run_web(config: Config) -> int:
             log_level=config.log_level,
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
             lifespan="off",
-        )
+        ),
+        closing,
     )
     try:
         server.run()
