@@ -192,7 +192,7 @@ def test_failed_migration_changes_nothing(db):
         with pytest.raises(RuntimeError):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 4
+        assert schema_version(db_) == 5
         assert [m.name for m in steps.pending(db_)] == ["m006_broken"]
     finally:
         db_.close()
