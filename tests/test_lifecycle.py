@@ -19,7 +19,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, hostport, query
+from tests.conftest import REPO_ROOT, hostport, query, wait_for
 from tests.dnstest import require_tool
 from tests.dnstest.daemons import free_port
 from tests.dnstest.sinkhole import SERVE_COMMAND
@@ -73,15 +73,6 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(10)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # -- SIGHUP ---------------------------------------------------------------------------------------

@@ -22,21 +22,12 @@ import sqlite_utils
 import yaml
 
 from resolver.store import connect, migrate
-from tests.conftest import query, raw_udp, run_cli
+from tests.conftest import query, raw_udp, run_cli, wait_for
 from tests.dnstest.daemons import free_port
 
 BLOCKED = "chatgpt.com"
 #: A control byte sinkhole did not put there itself: C0, DEL, C1.
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def rows(db: str, sql: str, *args) -> list[tuple]:
