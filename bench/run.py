@@ -22,6 +22,10 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.dnstest.daemons import free_port as _free_port  # noqa: E402
+from tests.dnstest.daemons import stop_by_pid  # noqa: E402
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 BLOCKLIST_DIR = REPO_ROOT / "blocklists"
@@ -117,25 +121,6 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Stop one process we started, by its PID: SIGTERM, then SIGKILL after a timeout."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    # The process leads its own session (start_new_session), so its group id is its
-    # PID: this also reaches children it forked (nsd's server and xfrd processes).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT_S)
-
-
 @dataclass
 class Daemon:
     """A server process we started, with its combined output in a log file."""
@@ -170,23 +155,12 @@ def daemon(name: str, argv: list[str], workdir: Path, cwd: Path | None = None) -
         try:
             yield Daemon(name, proc, log)
         finally:
-            stop_process(proc)
+            stop_by_pid(proc, timeout=STOP_TIMEOUT_S)
 
 
 def free_port() -> int:
-    """A high loopback port free for both UDP and TCP right now."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(*PORT_RANGE)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((LOOPBACK, port))
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                    tcp.bind((LOOPBACK, port))
-        except OSError:
-            continue
-        return port
-    raise BenchError("no free port found on 127.0.0.1")
+    """A high loopback port free for UDP and TCP, below the ephemeral range."""
+    return _free_port(LOOPBACK, below=PORT_RANGE)
 
 
 # --------------------------------------------------------------------------- tiny DNS client

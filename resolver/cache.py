@@ -35,6 +35,7 @@ class Entry:
         "age",
         "prefetching",
         "prefetch_from",
+        "opt_at",
     )
 
     def __init__(self, wire: bytes, answer: Answer, ttl: int, now: float, ttls: list[int]) -> None:
@@ -48,6 +49,7 @@ class Entry:
         #: compare on the hot path instead of a call.
         self.prefetch_from = self.expires - ttl * PREFETCH_SHARE
         self.cnames = tuple(answer.cnames)
+        self.opt_at = answer.opt_at
         self.hits = 0
         # No rendering yet: the stored TTLs may differ from the wire's (min/max_ttl).
         self.age = -1
@@ -178,9 +180,3 @@ class Cache:
         if not self.config.prefetch or entry.prefetching or entry.hits < PREFETCH_MIN_HITS:
             return False
         return entry.expires - now < entry.ttl * PREFETCH_SHARE
-
-
-def personalise(entry_wire: bytes, query: Query) -> bytes:
-    """Put the client's ID and its question (case as asked) into a cached answer."""
-    qend = query.question_end
-    return query.wire[:2] + entry_wire[2:12] + query.wire[12:qend] + entry_wire[qend:]

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from resolver.config import SINKHOLE_MODES
 from resolver.errors import ListError
 
 CATALOG_ENV = "SINKHOLE_CATALOG"
@@ -20,7 +21,8 @@ MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
 #: Values a catalog entry may give for `answer`; a YAML null (or no key) means
 #: "the configured sinkhole mode". "null" quoted is the mode that answers 0.0.0.0/::.
-ANSWERS = ("null", "ip", "nxdomain", "nodata", "refused")
+#: A service's own answer mode: the same modes as `sinkhole.mode` in the config.
+ANSWERS = SINKHOLE_MODES
 FILE_KEYS = frozenset({"category", "description", "services"})
 SERVICE_KEYS = frozenset(
     {"name", "domains", "keep", "api", "sources", "verified", "notes", "answer"}

@@ -17,11 +17,9 @@ import click
 
 from resolver import __version__
 from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
+from resolver.config import parse_duration as config_duration
 from resolver.errors import ConfigError, SinkholeError
 from resolver.presentation import display_name, strip_controls
-
-DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 class SinkholeGroup(click.Group):
@@ -81,10 +79,10 @@ def open_store(config: Config):
 
 
 def parse_duration(text: str) -> int:
-    m = DURATION.match(text.strip().lower())
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 90s, 30m, 24h, 7d, 2w")
-    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+    try:
+        return config_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def normalize_names(names: tuple[str, ...]) -> list[str]:
@@ -118,7 +116,7 @@ def serve(config_path: str | None, db: str | None, listen: tuple, upstream: tupl
     Example: sinkhole serve --config /etc/sinkhole/config.yaml
     """
     from resolver.config import parse_hostport
-    from resolver.server import run_server
+    from resolver.serve import run_server
 
     config = get_config(config_path, db)
     overrides: dict[str, Any] = {"database": db}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,39 @@ def resolv_conf_nameservers(path: str = RESOLV_CONF) -> list[str]:
         if len(parts) >= 2 and parts[0] == "nameserver":
             servers.append(parts[1].split("%")[0])
     return servers
+
+
+def format_hostport(host: str, port: int) -> str:
+    """(host, port) -> 'host:port', or '[host]:port' for IPv6: the inverse of parse_hostport."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+#: A duration as typed on the command line or in a query string: 90s, 30m, 24h, 7d, 2w.
+DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '24h', '7d', '2w' -> seconds.
+
+    Raises:
+        ValueError: not a number followed by one of the units.
+    """
+    m = DURATION.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 24h, 7d, 2w")
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def bind_error_reason(exc: OSError) -> str:
+    """Why a socket could not be bound, in words an administrator can act on."""
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another server running?)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no such address on this machine"
+    return exc.strerror or str(exc)
 
 
 def parse_hostport(text: str, default_port: int, key: str = "address") -> tuple[str, int]:

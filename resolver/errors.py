@@ -13,9 +13,5 @@ class ListError(SinkholeError):
     """A catalog file or an imported list cannot be used."""
 
 
-class UpstreamError(SinkholeError):
-    """No upstream resolver gave a usable answer."""
-
-
 class StoreError(SinkholeError):
     """The SQLite database cannot be opened, migrated or written."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import secrets
 import selectors
@@ -10,10 +9,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from resolver import __version__
-from resolver.config import parse_hostport
+from resolver.config import bind_error_reason, format_hostport, parse_hostport
 from resolver.errors import SinkholeError
 from resolver.pipeline import Outcome
 from resolver.upstream import LATENCY_BUCKETS, Upstream
@@ -46,14 +45,6 @@ PROBE_DOWN_AFTER = 2
 #: The probe question: the root zone ("."), type NS, class IN. Every recursive resolver
 #: answers it from its priming data, and any answer at all proves the resolver is there.
 PROBE_QUESTION = b"\x00" + struct.pack("!HH", 2, 1)
-#: A scrape may race the event loop changing a dict; such a read is simply retried.
-READ_ATTEMPTS = 5
-
-T = TypeVar("T")
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def probe_packet(ident: int) -> bytes:
@@ -135,16 +126,6 @@ class UpstreamStatus:
     why: str
 
 
-def _read(fn: Callable[[], T]) -> T:
-    """Run a read of event-loop state, retrying the rare 'changed size during iteration'."""
-    for _ in range(READ_ATTEMPTS - 1):
-        try:
-            return fn()
-        except RuntimeError:
-            continue
-    return fn()
-
-
 class SinkholeCollector(Collector):
     """Turns the Server's counters into Prometheus metrics when scraped (never per query)."""
 
@@ -152,9 +133,8 @@ class SinkholeCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        server = self.metrics.server
-        resolver = server.resolver
-        counts = list(resolver.counts)
+        stats = self.metrics.stats()
+        counts = stats["counts"]
         queries = CounterMetricFamily(
             "sinkhole_queries", "DNS queries answered, by result.", labels=["result"]
         )
@@ -167,7 +147,7 @@ class SinkholeCollector(Collector):
             "Blocked queries by service (or category, for imported lists and custom rules).",
             labels=["service"],
         )
-        for service, n in sorted(_read(lambda: list(resolver.blocked_by.items()))):
+        for service, n in sorted(stats["blocked_by"].items()):
             blocked.add_metric([service], n)
         yield blocked
 
@@ -189,7 +169,7 @@ class SinkholeCollector(Collector):
             "1 when the upstream answers (active probe; before the first probe: recent queries).",
             labels=["upstream"],
         )
-        for status in self.metrics.upstream_status():
+        for status in self.metrics.upstream_status(stats):
             u = status.upstream
             name = str(u)
             per_bucket = list(u.latency_counts)
@@ -209,10 +189,9 @@ class SinkholeCollector(Collector):
         yield errors
         yield up
 
-        cache = resolver.cache
-        hits, misses = cache.hits, cache.misses
+        hits, misses = stats["cache_hits"], stats["cache_misses"]
         yield GaugeMetricFamily(
-            "sinkhole_cache_entries", "Answers held in the cache.", value=len(cache.entries)
+            "sinkhole_cache_entries", "Answers held in the cache.", value=stats["cache_entries"]
         )
         yield CounterMetricFamily("sinkhole_cache_hits", "Cache lookups that hit.", value=hits)
         yield CounterMetricFamily(
@@ -224,34 +203,33 @@ class SinkholeCollector(Collector):
             value=hits / (hits + misses) if hits + misses else 0.0,
         )
 
-        recorder = server.recorder
         yield GaugeMetricFamily(
             "sinkhole_recorder_backlog",
             "Blocked attempts not yet written to the database.",
-            value=_read(lambda: recorder.backlog),
+            value=stats["recorder_backlog"],
         )
         yield CounterMetricFamily(
             "sinkhole_recorder_written",
             "Blocked attempts written to the database.",
-            value=recorder.written,
+            value=stats["recorder_written"],
         )
         yield GaugeMetricFamily(
             "sinkhole_database_fault",
             "1 while the database cannot be written (hits wait in memory).",
-            value=1 if recorder.fault else 0,
+            value=1 if stats["database_fault"] else 0,
         )
-        version = server.policy_version
+        version = stats["policy_version"]
         yield GaugeMetricFamily(
             "sinkhole_policy_version",
             "Version of the policy in use; -1: database unreadable, the config's policy is used.",
             value=-1 if version is None else version,
         )
-        healthy, _ = self.metrics.health()
+        healthy, _ = self.metrics.health(stats)
         yield GaugeMetricFamily(
             "sinkhole_healthy", "1 when /health answers 200.", value=1 if healthy else 0
         )
         yield GaugeMetricFamily(
-            "sinkhole_start_time_seconds", "Unix time the server started.", value=server.started
+            "sinkhole_start_time_seconds", "Unix time the server started.", value=stats["started"]
         )
         yield InfoMetricFamily(
             "sinkhole_build", "sinkhole version.", value={"version": __version__}
@@ -282,6 +260,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 status, body = 404, b"not found: try /health or /metrics\n"
                 ctype = "text/plain; charset=utf-8"
+        except SinkholeError as exc:  # the event loop did not hand over its counters
+            status, body, ctype = 503, f"{exc}\n".encode(), "text/plain; charset=utf-8"
         except Exception:  # noqa: BLE001 - a scrape bug must not take the thread down
             log.exception("error answering %s", path)
             status, body, ctype = 500, b"internal error\n", "text/plain; charset=utf-8"
@@ -337,16 +317,8 @@ class MetricsServer:
         try:
             self._httpd = _HttpServer((host, port), self)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                reason = "address already in use"
-            elif exc.errno == errno.EACCES:
-                reason = "permission denied"
-            elif exc.errno == errno.EADDRNOTAVAIL:
-                reason = "no such address on this machine"
-            else:
-                reason = exc.strerror or str(exc)
             raise SinkholeError(
-                f"cannot listen on metrics {format_hostport(host, port)}: {reason}"
+                f"cannot listen on metrics {format_hostport(host, port)}: {bind_error_reason(exc)}"
             ) from None
         self._stop.clear()
         self._threads = [
@@ -408,12 +380,16 @@ class MetricsServer:
                     state.alive = False
             self.probes = probes
 
-    def upstream_status(self) -> list[UpstreamStatus]:
+    def stats(self) -> dict:
+        """The server's counters, copied on its event loop (`Server.snapshot`)."""
+        return self.server.snapshot()
+
+    def upstream_status(self, stats: dict) -> list[UpstreamStatus]:
         """Each upstream, up or not and why: the probe decides once it has an opinion."""
         with self._lock:
             probes = dict(self.probes)
         out = []
-        for u in list(self.server.forwarder.upstreams):
+        for u in stats["upstreams"]:
             state = probes.get((u.host, u.port))
             if state is not None and state.alive is not None:
                 # The probe beats the query-driven state both ways: a stopped upstream
@@ -427,21 +403,17 @@ class MetricsServer:
 
     # -- health -------------------------------------------------------------------------------
 
-    def listeners_open(self) -> bool:
-        server = self.server
-        transports = list(server.transports)
-        tcp_servers = list(server.tcp_servers)
-        if not transports or not tcp_servers:
-            return False
-        return all(not t.is_closing() for t in transports) and all(
-            s.is_serving() for s in tcp_servers
-        )
-
-    def health(self) -> tuple[bool, str]:
-        """(True, "ok"), or (False, why not): DNS listeners open, at least one upstream up."""
-        if not self.listeners_open():
+    def health(self, stats: dict | None = None) -> tuple[bool, str]:
+        """(True, "ok"), or (False, why not): the event loop answering, the DNS listeners
+        open, at least one upstream up."""
+        if stats is None:
+            try:
+                stats = self.stats()
+            except SinkholeError as exc:
+                return False, str(exc)
+        if not stats["listeners_open"]:
             return False, "DNS listeners are not open"
-        statuses = self.upstream_status()
+        statuses = self.upstream_status(stats)
         if not any(s.up for s in statuses):
             detail = ", ".join(f"{s.upstream} {s.why}" for s in statuses) or "none configured"
             return False, f"no upstream is up: {detail}"

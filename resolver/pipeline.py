@@ -1,17 +1,25 @@
-"""The chain a query walks through: guards, policy, cache, upstream; each step answers or passes."""
+"""The chain a query walks through, from the first guard to the upstream.
+
+Each step is built with what it needs (networks, policy, cache, recorder,
+forwarder), never the resolver, and is called with the `Request`: it returns the
+answer's bytes, or None to pass the request on. The last step, `Forward`, always
+takes the request: it answers at once (SERVFAIL when saturated) or parks it and
+answers later through the request's sink. `Resolver.finish` is the one place a
+request ends: its outcome is counted there and a UDP answer too long for the
+client is truncated there.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Protocol
 
 from resolver import wire
-from resolver.cache import STALE_ANSWER_TTL, Cache, personalise
+from resolver.cache import STALE_ANSWER_TTL, Cache
 from resolver.config import Config
 from resolver.policy import Policy, Verdict
 from resolver.upstream import Forwarder
@@ -30,10 +38,14 @@ ACL_MEMO_SIZE = 65_536
 #: REFUSED from the limiter, not the sinkhole answer.
 RATE_LIMITED_ACTION = "rate-limited"
 RATE_LIMIT_TABLE_SIZE = 100_000
+#: A client over its rate limit is named in the log once per this many seconds.
+RATE_LIMIT_LOG_EVERY = 60.0
 #: Error answers (FORMERR, NOTIMP) per client and second; past it malformed packets
 #: are dropped. Well-formed queries never draw on this budget.
 ERROR_ANSWERS_PER_SECOND = 50.0
 ERROR_ANSWER_BURST = 100.0
+
+Clock = Callable[[], float]
 
 
 class Outcome(IntEnum):
@@ -53,46 +65,31 @@ class Outcome(IntEnum):
 
 
 class Sink(Protocol):
-    """Where a forwarded query's answer goes: a UDP listener, or a future for TCP."""
+    """Where a request's later answer goes: the UDP listener, or a TCP connection.
+
+    `expect` is called when a request is parked on an upstream; each call is
+    followed by exactly one `send` for it, unless the server shuts down first.
+    """
 
     def send(self, out: bytes, addr: Any) -> None: ...
 
-
-class _FutureSink:
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def send(self, out: bytes, addr: Any) -> None:
-        if not self.future.done():  # the TCP connection may be gone
-            self.future.set_result(out)
-
-
-class _Pending:
-    """A question waiting on an upstream, and the queries that asked it meanwhile."""
-
-    __slots__ = ("resolver", "query", "waiters", "exchange")
-
-    def __init__(self, resolver: Resolver, query: Query) -> None:
-        self.resolver = resolver
-        self.query = query
-        self.waiters: list[tuple[Request, Sink, Any]] = []
-        self.exchange = None
-
-    def finished(self, result: tuple[bytes, Any] | None) -> None:
-        self.resolver._fetched(self, result)
+    def expect(self) -> None: ...
 
 
 class Request:
-    """One query on its way through the chain."""
+    """One query on its way through the chain, and where its answer goes."""
 
-    __slots__ = ("query", "client", "tcp", "outcome")
+    __slots__ = ("query", "client", "tcp", "sink", "addr", "outcome")
 
-    def __init__(self, query: Query, client: str, tcp: bool) -> None:
+    def __init__(self, query: Query, client: str, tcp: bool, sink: Sink, addr: Any) -> None:
         self.query = query
         self.client = client
         self.tcp = tcp
+        self.sink = sink
+        self.addr = addr
+
+
+Step = Callable[[Request], "bytes | None"]
 
 
 class AccessGuard:
@@ -124,6 +121,34 @@ class AccessGuard:
         return wire.error_response(req.query.wire, Rcode.REFUSED)
 
 
+class TokenBuckets:
+    """`capacity` tokens per key, refilled at `rate` per second, on an injected clock."""
+
+    def __init__(self, capacity: float, rate: float, clock: Clock) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.clock = clock
+        self.buckets: dict[str, list[float]] = {}
+
+    def take(self, key: str) -> bool:
+        """One token for `key`; False when it has none left."""
+        now = self.clock()
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= RATE_LIMIT_TABLE_SIZE:
+                self.buckets.clear()
+            bucket = self.buckets[key] = [self.capacity, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
+
+
 class RateLimiter:
     """Token bucket per client: `per_client` queries per `window` seconds, then REFUSED."""
 
@@ -132,54 +157,48 @@ class RateLimiter:
         per_client: int,
         window: int,
         exempt: tuple[str, ...],
-        on_refused: Callable[[Request], None] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.per_client = per_client
         self.window = window
-        #: Called with each refused request: a blocked name is recorded all the same.
-        self.on_refused = on_refused
-        self.capacity = float(per_client)
-        self.rate = per_client / window if window else 0.0
+        self.clock = clock
+        #: Called with each refused request, so that a blocked name is recorded all the
+        #: same; set to the current policy's `Blocker.limited` by `Resolver.set_policy`.
+        self.on_refused: Callable[[Request], None] | None = None
         self.exempt = AccessGuard(exempt) if exempt else None
-        self.buckets: dict[str, list[float]] = {}
+        self.tokens = TokenBuckets(float(per_client), per_client / window if window else 0.0, clock)
         self.logged: dict[str, float] = {}
 
     def __call__(self, req: Request) -> bytes | None:
         client = req.client
-        bucket = self.buckets.get(client)
-        now = time.monotonic()
-        if bucket is None:
-            if self.exempt is not None and self.exempt.allowed(client):
-                return None
-            if len(self.buckets) >= RATE_LIMIT_TABLE_SIZE:
-                self.buckets.clear()
-            bucket = self.buckets[client] = [self.capacity, now]
-        tokens = bucket[0] + (now - bucket[1]) * self.rate
-        if tokens > self.capacity:
-            tokens = self.capacity
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+        tokens = self.tokens
+        if client not in tokens.buckets and self.exempt is not None and self.exempt.allowed(client):
             return None
-        bucket[0] = tokens
-        last = self.logged.get(client, 0.0)
-        if now - last >= 60:
-            # One line per client per minute, not one per refused query.
-            if len(self.logged) >= RATE_LIMIT_TABLE_SIZE:
-                self.logged.clear()
-            self.logged[client] = now
-            log.warning(
-                "client %s is over its rate limit (%d queries per %d s); refusing its queries. "
-                "Behind NAT, a terminal server or a proxy, raise rate_limit.per_client "
-                "or add its address to rate_limit.exempt",
-                client,
-                self.per_client,
-                self.window,
-            )
+        if tokens.take(client):
+            return None
+        self._log(client)
         req.outcome = Outcome.RATE_LIMITED
         if self.on_refused is not None:
             self.on_refused(req)
         return wire.error_response(req.query.wire, Rcode.REFUSED)
+
+    def _log(self, client: str) -> None:
+        """One line per client per minute, not one per refused query."""
+        now = self.clock()
+        last = self.logged.get(client)
+        if last is not None and now - last < RATE_LIMIT_LOG_EVERY:
+            return
+        if len(self.logged) >= RATE_LIMIT_TABLE_SIZE:
+            self.logged.clear()
+        self.logged[client] = now
+        log.warning(
+            "client %s is over its rate limit (%d queries per %d s); refusing its queries. "
+            "Behind NAT, a terminal server or a proxy, raise rate_limit.per_client "
+            "or add its address to rate_limit.exempt",
+            client,
+            self.per_client,
+            self.window,
+        )
 
 
 class ChaosGuard:
@@ -193,123 +212,46 @@ class ChaosGuard:
         if q.qclass != wire.CLASS_CH:
             return None
         if self.version and q.name in ("version.bind", "version.server") and q.qtype in (16, 255):
-            txt = self.version.encode()[:255]
-            rdata = bytes([len(txt)]) + txt
-            record = b"\xc0\x0c" + wire.RR_FIXED.pack(16, wire.CLASS_CH, 0, len(rdata)) + rdata
-            opt = wire.opt_record(q.do) if q.edns else b""
             req.outcome = Outcome.LOCAL
-            return (
-                wire.HEADER.pack(q.id, wire.header_flags(q, 0, aa=True), 1, 1, 0, 1 if opt else 0)
-                + q.question
-                + record
-                + opt
-            )
+            return wire.chaos_txt(q, self.version)
         req.outcome = Outcome.REFUSED
         return wire.error_response(q.wire, Rcode.REFUSED)
 
 
 class Blocker:
-    """A blocked name gets the sinkhole answer; nothing about it goes upstream."""
+    """A blocked name gets the sinkhole answer; nothing about it goes upstream.
 
-    def __init__(self, resolver: Resolver) -> None:
-        self.resolver = resolver
+    The one place a blocked answer is made and a hit handed to the recorder: for
+    the asked name (this step), for a CNAME target (`CnameGuard`) and for a blocked
+    name refused by the rate limiter (`limited`).
+    """
+
+    def __init__(self, policy: Policy, recorder: Any, blocked_by: dict[str, int]) -> None:
+        self.policy = policy
+        self.recorder = recorder
+        #: blocked queries per service id (or category), shared with the resolver's stats
+        self.blocked_by = blocked_by
 
     def __call__(self, req: Request) -> bytes | None:
-        r = self.resolver
-        v = r.policy.verdict(req.query, req.client)
+        v = self.policy.verdict(req.query, req.client)
         if v is None:
             return None
-        rule = v.rule
+        return self.block(req, v)
+
+    def block(self, req: Request, v: Verdict) -> bytes:
         req.outcome = Outcome.BLOCKED
+        rule = v.rule
         key = rule.service or rule.category
-        r.blocked_by[key] = r.blocked_by.get(key, 0) + 1
-        if r.recorder is not None:
-            r.recorder.hit(req.client, v)
+        self.blocked_by[key] = self.blocked_by.get(key, 0) + 1
+        if self.recorder is not None:
+            self.recorder.hit(req.client, v)
         return req.query.wire[:2] + v.answer_tail
 
+    def block_match(self, req: Request, match: tuple) -> bytes:
+        """The sinkhole answer to the asked question, blocked by `match` (a CNAME target)."""
+        return self.block(req, self.policy.verdict_of(req.query, match))
 
-class CacheStep:
-    """A fresh cached answer, patched with the client's ID, question and aged TTLs."""
-
-    def __init__(self, resolver: Resolver) -> None:
-        self.resolver = resolver
-
-    def __call__(self, req: Request) -> bytes | None:
-        r = self.resolver
-        now = time.monotonic()
-        entry = r.cache.get(req.query, now)
-        if entry is None:
-            return None
-        if entry.cnames:
-            for name in entry.cnames:
-                match = r.policy.decide(name, req.client)
-                if match is not None:
-                    return r.blocked(req, match)
-        if now >= entry.prefetch_from and r.cache.wants_prefetch(entry, now):
-            entry.prefetching = True
-            r.prefetch(req.query)
-        req.outcome = Outcome.CACHED
-        out = personalise(entry.render(int(now - entry.stored)), req.query)
-        # Every client may take 512 bytes: only a longer answer needs its limit.
-        if len(out) > wire.CLASSIC_UDP_LIMIT and not req.tcp and len(out) > req.query.max_udp:
-            return wire.truncated(req.query, out)
-        return out
-
-
-class Resolver:
-    """Owns the chain and the state it works on; `handle` is shared by UDP and TCP."""
-
-    def __init__(self, config: Config, policy: Policy, forwarder: Forwarder, recorder=None):
-        self.config = config
-        self.policy = policy
-        self.forwarder = forwarder
-        self.recorder = recorder
-        self.cache = Cache(config.cache)
-        self.counts = [0] * len(Outcome)
-        #: blocked queries per service id (or category for lists and custom rules)
-        self.blocked_by: dict[str, int] = {}
-        self.error_budget: dict[str, list[float]] = {}
-        self.inflight: dict[bytes, _Pending] = {}
-        #: bound of `inflight`; the server lowers it when file descriptors are scarce
-        self.max_inflight = MAX_INFLIGHT
-        self.waiting = 0
-        self.steps = self.build_chain(config)
-
-    def build_chain(self, config: Config) -> list:
-        steps: list = []
-        # Refuse strangers before doing any work for them: we are not an open resolver.
-        steps.append(AccessGuard(config.allow_networks))
-        # Rate limit before policy and cache, so a flood costs a dict lookup per packet.
-        if config.rate_limit.per_client > 0:
-            steps.append(
-                RateLimiter(
-                    config.rate_limit.per_client,
-                    config.rate_limit.window,
-                    config.rate_limit.exempt,
-                    on_refused=self._record_refused,
-                )
-            )
-        # CHAOS queries are about this server, not the internet: never forward them.
-        steps.append(ChaosGuard(config.version_string))
-        # Policy before the cache: a name blocked a second ago must not be served from it.
-        steps.append(Blocker(self))
-        # Then the cache; what it misses goes upstream (the terminal step, async).
-        steps.append(CacheStep(self))
-        return steps
-
-    def reconfigure(self, config: Config, policy: Policy, forwarder: Forwarder) -> None:
-        """Swap in a new config: each piece is replaced whole, never half-applied.
-
-        The cache keeps its entries under its new bounds; the rate limiter starts with
-        full buckets.
-        """
-        self.config = config
-        self.policy = policy
-        self.forwarder = forwarder
-        self.cache.reconfigure(config.cache)
-        self.steps = self.build_chain(config)
-
-    def _record_refused(self, req: Request) -> None:
+    def limited(self, req: Request) -> None:
         """A blocked name asked by a client over its rate limit is an attempt all the
         same: the record of attempts must not depend on the limiter."""
         if self.recorder is None:
@@ -323,87 +265,118 @@ class Resolver:
             limited = v.limited = Verdict(b"", v.rule, v.pattern, RATE_LIMITED_ACTION, qname, qtype)
         self.recorder.hit(req.client, limited)
 
-    def traffic_totals(self) -> list[int]:
-        """queries, blocked, forwarded, cached, failed, refused (for the traffic table)."""
-        c = self.counts
-        return [
-            sum(c) - c[Outcome.DROPPED],
-            c[Outcome.BLOCKED],
-            c[Outcome.FORWARDED],
-            c[Outcome.CACHED] + c[Outcome.STALE],
-            c[Outcome.FAILED],
-            c[Outcome.REFUSED] + c[Outcome.RATE_LIMITED],
-        ]
 
-    def handle(
+class CnameGuard:
+    """An answer whose CNAME chain enters a blocked name is blocked whole."""
+
+    __slots__ = ("policy", "blocker")
+
+    def __init__(self, policy: Policy, blocker: Blocker) -> None:
+        self.policy = policy
+        self.blocker = blocker
+
+    def __call__(self, req: Request, cnames: tuple[str, ...] | list[str]) -> bytes | None:
+        for name in cnames:
+            match = self.policy.decide(name, req.client)
+            if match is not None:
+                return self.blocker.block_match(req, match)
+        return None
+
+
+class CacheStep:
+    """A fresh cached answer, patched with the client's ID, question and aged TTLs."""
+
+    def __init__(
         self,
-        data: bytes,
-        client: str,
-        tcp: bool = False,
-        sink: Sink | None = None,
-        addr: Any = None,
-    ) -> bytes | None | Coroutine:
-        """Answer bytes, or None (dropped, or forwarded: `sink.send(answer, addr)` later).
+        cache: Cache,
+        cnames: CnameGuard,
+        prefetch: Callable[[Query], None],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.cache = cache
+        self.cnames = cnames
+        self.prefetch = prefetch
+        self.clock = clock
 
-        Without a sink, a forwarded query returns a coroutine that resolves to the answer.
-        """
-        try:
-            q = wire.parse_query(data)
-        except WireError as exc:
-            return self._refuse_malformed(data, exc, client)
-        except Exception:  # noqa: BLE001 - no packet may stop the server
-            log.exception("unexpected error parsing a query")
-            self.counts[Outcome.FORMERR] += 1
-            return wire.error_response(data, Rcode.FORMERR)
-        req = Request(q, client, tcp)
-        for step in self.steps:
-            out = step(req)
+    def __call__(self, req: Request) -> bytes | None:
+        cache = self.cache
+        now = self.clock()
+        entry = cache.get(req.query, now)
+        if entry is None:
+            return None
+        if entry.cnames:
+            out = self.cnames(req, entry.cnames)
             if out is not None:
-                self.counts[req.outcome] += 1
                 return out
+        if now >= entry.prefetch_from and cache.wants_prefetch(entry, now):
+            entry.prefetching = True
+            self.prefetch(req.query)
+        req.outcome = Outcome.CACHED
+        return wire.personalise(entry.render(int(now - entry.stored)), req.query)
+
+
+class _Pending:
+    """A question waiting on an upstream, and the requests that asked it meanwhile."""
+
+    __slots__ = ("forward", "query", "waiters", "exchange")
+
+    def __init__(self, forward: Forward, query: Query) -> None:
+        self.forward = forward
+        self.query = query
+        self.waiters: list[Request] = []
+        self.exchange = None
+
+    def finished(self, result: tuple[bytes, Any] | None) -> None:
+        self.forward._fetched(self, result)
+
+
+class Forward:
+    """The terminal step: ask the upstreams, once per distinct question.
+
+    The first asker of a question starts the exchange; identical questions asked
+    meanwhile wait on it (retries are not multiplied upstream). Answers are
+    cached, checked by the CNAME guard, and delivered through each request's sink
+    after `finish`. When every upstream fails, a stale cached answer (RFC 8767)
+    or SERVFAIL.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        cache: Cache,
+        finish: Callable[[Request, bytes], bytes],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.forwarder = forwarder
+        self.cache = cache
+        self.finish = finish
+        self.clock = clock
+        #: Set by `Resolver.set_policy`: answers arriving from then on are checked under it.
+        self.cnames: CnameGuard | None = None
+        self.inflight: dict[bytes, _Pending] = {}
+        #: bound of `inflight`; the server lowers it when file descriptors are scarce
+        self.max_inflight = MAX_INFLIGHT
+        self.waiting = 0
+
+    def __call__(self, req: Request) -> bytes | None:
         if self.waiting >= MAX_WAITING:
-            return self._fail(req)
-        if sink is not None:
-            self.forward_to(req, sink, addr)
-            return None
-        return self.forward(req)
-
-    def _refuse_malformed(self, data: bytes, exc: WireError, client: str) -> bytes | None:
-        if exc.rcode is None or not self._may_answer_error(client):
-            self.counts[Outcome.DROPPED] += 1
-            return None
-        self.counts[Outcome.NOTIMP if exc.rcode == Rcode.NOTIMP else Outcome.FORMERR] += 1
-        return wire.error_response(data, exc.rcode)
-
-    def _may_answer_error(self, client: str) -> bool:
-        """Token bucket for FORMERR/NOTIMP answers: a flood of garbage costs a dict
-        lookup per packet instead of a send, so real queries keep their share."""
-        now = time.monotonic()
-        bucket = self.error_budget.get(client)
-        if bucket is None:
-            if len(self.error_budget) >= RATE_LIMIT_TABLE_SIZE:
-                self.error_budget.clear()
-            bucket = self.error_budget[client] = [ERROR_ANSWER_BURST, now]
-        tokens = min(ERROR_ANSWER_BURST, bucket[0] + (now - bucket[1]) * ERROR_ANSWERS_PER_SECOND)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
-        return True
-
-    def blocked(self, req: Request, match) -> bytes:
-        rule, pattern = match
-        policy = self.policy
+            return fail(req)
         q = req.query
-        req.outcome = Outcome.BLOCKED
-        key = rule.service or rule.category
-        self.blocked_by[key] = self.blocked_by.get(key, 0) + 1
-        responder = policy.responder(rule)
-        if self.recorder is not None:
-            verdict = Verdict(b"", rule, pattern, responder.action, q.name, q.qtype)
-            self.recorder.hit(req.client, verdict)
-        return responder.answer(q)
+        pending = self.inflight.get(q.key)
+        if pending is None:
+            if len(self.inflight) >= self.max_inflight:
+                return fail(req)
+            pending = self.inflight[q.key] = _Pending(self, q)
+            self._park(pending, req)
+            self._start(pending)
+        else:
+            self._park(pending, req)
+        return None
+
+    def _park(self, pending: _Pending, req: Request) -> None:
+        pending.waiters.append(req)
+        self.waiting += 1
+        req.sink.expect()
 
     def prefetch(self, q: Query) -> None:
         """Refresh a popular cached answer shortly before it expires."""
@@ -422,34 +395,6 @@ class Resolver:
         if self.inflight.get(pending.query.key) is pending:
             pending.exchange = exchange
 
-    def forward_to(self, req: Request, sink: Sink, addr: Any) -> None:
-        """Ask upstream; `sink.send(answer, addr)` gets the answer (maybe before this returns).
-
-        The first asker of a question starts the exchange; identical questions
-        asked meanwhile wait on it (retries are not multiplied upstream).
-        """
-        q = req.query
-        pending = self.inflight.get(q.key)
-        if pending is None:
-            if len(self.inflight) >= self.max_inflight:
-                out = self._fail(req)
-                if out is not None:
-                    sink.send(out, addr)
-                return
-            pending = self.inflight[q.key] = _Pending(self, q)
-            pending.waiters.append((req, sink, addr))
-            self.waiting += 1
-            self._start(pending)
-        else:
-            pending.waiters.append((req, sink, addr))
-            self.waiting += 1
-
-    async def forward(self, req: Request) -> bytes | None:
-        """`forward_to` for coroutines (TCP connections)."""
-        sink = _FutureSink()
-        self.forward_to(req, sink, None)
-        return await sink.future
-
     def _fetched(self, pending: _Pending, result: tuple[bytes, Any] | None) -> None:
         q = pending.query
         pending.exchange = None
@@ -463,35 +408,34 @@ class Resolver:
                 log.exception("error caching the answer for %s", q.name)
         # Taken, not read: an exchange that fails and then answers anyway delivers once.
         waiters, pending.waiters = pending.waiters, []
-        for req, sink, addr in waiters:
+        for req in waiters:
             self.waiting -= 1
             try:
                 out = self._answer(req, result)
-                if out is not None:
-                    sink.send(out, addr)
             except Exception:  # noqa: BLE001 - one client's answer must not stop the others
                 log.exception("error answering %s for %s", req.query.name, req.client)
+                out = fail(req)
+            try:
+                req.sink.send(self.finish(req, out), req.addr)
+            except Exception:  # noqa: BLE001
+                log.exception("error sending the answer to %s", req.client)
 
-    def _answer(self, req: Request, result: tuple[bytes, Any] | None) -> bytes | None:
+    def _answer(self, req: Request, result: tuple[bytes, Any] | None) -> bytes:
         q = req.query
         if result is None:
-            stale = self.cache.get_stale(q, time.monotonic())
-            if stale is not None:
-                self.counts[Outcome.STALE] += 1
-                req.outcome = Outcome.STALE
-                return self._deliver(req, personalise(stale.render(0, STALE_ANSWER_TTL), q))
-            return self._fail(req)
+            stale = self.cache.get_stale(q, self.clock())
+            if stale is None:
+                return fail(req)
+            req.outcome = Outcome.STALE
+            out = wire.personalise(stale.render(0, STALE_ANSWER_TTL), q)
+            return wire.with_ede(out, stale.opt_at, wire.EDE_STALE)
         data, answer = result
-        for name in answer.cnames:
-            match = self.policy.decide(name, req.client)
-            if match is not None:
-                # The CNAME chain enters a blocked name: the whole answer is blocked.
-                out = self.blocked(req, match)
-                self.counts[Outcome.BLOCKED] += 1
+        if answer.cnames and self.cnames is not None:
+            out = self.cnames(req, answer.cnames)
+            if out is not None:
                 return out
-        self.counts[Outcome.FORWARDED] += 1
-        out = q.wire[:2] + data[2:12] + q.question + data[q.question_end :]
-        return self._deliver(req, out)
+        req.outcome = Outcome.FORWARDED
+        return wire.personalise(data, q)
 
     def abandon(self) -> None:
         """At shutdown: stop every exchange still waiting on an upstream."""
@@ -500,11 +444,137 @@ class Resolver:
                 pending.exchange.cancel()
         self.inflight.clear()
 
-    def _deliver(self, req: Request, out: bytes) -> bytes:
-        if not req.tcp and len(out) > req.query.max_udp:
+
+def fail(req: Request) -> bytes:
+    """SERVFAIL: no usable answer for a well-formed query."""
+    req.outcome = Outcome.FAILED
+    return wire.error_response(req.query.wire, Rcode.SERVFAIL)  # type: ignore[return-value]
+
+
+class Resolver:
+    """Owns the chain and the counters; `handle` is shared by UDP and TCP."""
+
+    def __init__(
+        self,
+        config: Config,
+        policy: Policy,
+        forwarder: Forwarder,
+        recorder: Any = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.recorder = recorder
+        self.clock = clock
+        self.cache = Cache(config.cache)
+        self.counts = [0] * len(Outcome)
+        #: blocked queries per service id (or category for lists and custom rules)
+        self.blocked_by: dict[str, int] = {}
+        self.errors = TokenBuckets(ERROR_ANSWER_BURST, ERROR_ANSWERS_PER_SECOND, clock)
+        self.forward = Forward(forwarder, self.cache, self.finish, clock)
+        self.reconfigure(config, policy, forwarder)
+
+    def reconfigure(self, config: Config, policy: Policy, forwarder: Forwarder) -> None:
+        """Swap in a new config: each piece is replaced whole, never half-applied.
+
+        The cache keeps its entries under its new bounds; the rate limiter starts with
+        full buckets; questions already in flight finish on the old forwarder.
+        """
+        self.config = config
+        self.cache.reconfigure(config.cache)
+        self.forward.forwarder = forwarder
+        self.access = AccessGuard(config.allow_networks)
+        rl = config.rate_limit
+        self.limiter = (
+            RateLimiter(rl.per_client, rl.window, rl.exempt, self.clock)
+            if rl.per_client > 0
+            else None
+        )
+        self.chaos = ChaosGuard(config.version_string)
+        self.set_policy(policy)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swap in a new policy: the steps that read it are rebuilt, the others kept."""
+        self.policy = policy
+        blocker = Blocker(policy, self.recorder, self.blocked_by)
+        cnames = CnameGuard(policy, blocker)
+        if self.limiter is not None:
+            self.limiter.on_refused = blocker.limited
+        self.forward.cnames = cnames
+        self.steps = self.build_chain(blocker, cnames)
+
+    def build_chain(self, blocker: Blocker, cnames: CnameGuard) -> list[Step]:
+        return [
+            # Refuse strangers before doing any work for them: we are not an open resolver.
+            self.access,
+            # Rate limit before policy and cache, so a flood costs a dict lookup per packet.
+            *([self.limiter] if self.limiter is not None else []),
+            # CHAOS queries are about this server, not the internet: never forward them.
+            self.chaos,
+            # Policy before the cache: a name blocked a second ago must not be served from it.
+            blocker,
+            # The cache; an entry whose CNAME chain enters a blocked name is blocked.
+            CacheStep(self.cache, cnames, self.forward.prefetch, self.clock),
+            # Terminal: what nothing above answered goes upstream (answered later).
+            self.forward,
+        ]
+
+    def handle(self, data: bytes, client: str, sink: Sink, addr: Any, tcp: bool = False):
+        """The answer to send now, or None: dropped, or parked (then `sink.send` later)."""
+        try:
+            q = wire.parse_query(data)
+        except WireError as exc:
+            return self._refuse_malformed(data, exc, client)
+        except Exception:  # noqa: BLE001 - no packet may stop the server
+            log.exception("unexpected error parsing a query")
+            self.counts[Outcome.FORMERR] += 1
+            return wire.error_response(data, Rcode.FORMERR)
+        req = Request(q, client, tcp, sink, addr)
+        for step in self.steps:
+            out = step(req)
+            if out is not None:
+                return self.finish(req, out)
+        return None
+
+    def finish(self, req: Request, out: bytes) -> bytes:
+        """Where every request ends: its outcome counted, a long UDP answer truncated."""
+        self.counts[req.outcome] += 1
+        # Every client may take 512 bytes: only a longer answer needs its limit.
+        if len(out) > wire.CLASSIC_UDP_LIMIT and not req.tcp and len(out) > req.query.max_udp:
             return wire.truncated(req.query, out)
         return out
 
-    def _fail(self, req: Request) -> bytes | None:
-        self.counts[Outcome.FAILED] += 1
-        return wire.error_response(req.query.wire, Rcode.SERVFAIL)
+    def _refuse_malformed(self, data: bytes, exc: WireError, client: str) -> bytes | None:
+        """FORMERR or NOTIMP within the client's error budget; past it, nothing: a flood
+        of garbage costs a dict lookup per packet instead of a send."""
+        if exc.rcode is None or not self.errors.take(client):
+            self.counts[Outcome.DROPPED] += 1
+            return None
+        self.counts[Outcome.NOTIMP if exc.rcode == Rcode.NOTIMP else Outcome.FORMERR] += 1
+        return wire.error_response(data, exc.rcode)
+
+    def abandon(self) -> None:
+        self.forward.abandon()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters, taken on the event loop (see `Server.stats`)."""
+        cache = self.cache
+        return {
+            "counts": list(self.counts),
+            "blocked_by": dict(self.blocked_by),
+            "cache_entries": len(cache.entries),
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "inflight": len(self.forward.inflight),
+            "waiting": self.forward.waiting,
+        }
+
+    def traffic_totals(self) -> list[int]:
+        """queries, blocked, forwarded, cached, failed, refused (for the traffic table)."""
+        c = self.counts
+        return [
+            sum(c) - c[Outcome.DROPPED],
+            c[Outcome.BLOCKED],
+            c[Outcome.FORWARDED],
+            c[Outcome.CACHED] + c[Outcome.STALE],
+            c[Outcome.FAILED],
+            c[Outcome.REFUSED] + c[Outcome.RATE_LIMITED],
+        ]

@@ -9,7 +9,7 @@ from typing import Any
 
 from resolver import wire
 from resolver.config import Config, SinkholeConfig
-from resolver.wire import HEADER, QType, Query, Rcode
+from resolver.wire import QType, Query, Rcode
 
 #: Bounded memo of client address -> group label, so the hot path does no ipaddress work.
 CLIENT_MEMO_SIZE = 65_536
@@ -278,19 +278,7 @@ class Responder:
             body, an, ns = self.soa, 0, 1
         else:
             body, an, ns = b"", 0, 0
-        if q.edns:
-            opt = wire.opt_record(q.do, 0, self.ede)
-            return (
-                HEADER.pack(q.id, wire.header_flags(q, self.rcode), 1, an, ns, 1)
-                + q.wire[12 : q.question_end]
-                + body
-                + opt
-            )
-        return (
-            HEADER.pack(q.id, wire.header_flags(q, self.rcode), 1, an, ns, 0)
-            + q.wire[12 : q.question_end]
-            + body
-        )
+        return wire.local_answer(q, self.rcode, an, ns, body, self.ede)
 
 
 class Policy:
@@ -369,6 +357,13 @@ class Policy:
                 memo.clear()
             memo[tail] = known
         return None if known is NOT_BLOCKED else known
+
+    def verdict_of(self, q: Query, match: Match) -> Verdict:
+        """The verdict on the asked question when `match` blocks a name its answer
+        leads to (a CNAME target): the sinkhole answer to the question as asked."""
+        rule, pattern = match
+        responder = self.responder(rule)
+        return Verdict(responder.answer(q)[2:], rule, pattern, responder.action, q.name, q.qtype)
 
     def explain(self, name: str, client: str | None = None) -> Decision:
         group, exempt = self.client_info(client) if client else (None, frozenset())

@@ -1,24 +1,27 @@
-"""asyncio UDP and TCP listeners, workers, signals, live policy reload and clean shutdown."""
+"""One server process: asyncio UDP and TCP listeners, live policy reload, stats, clean shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import errno
+import concurrent.futures
 import gc
 import logging
-import os
 import resource
-import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Coroutine
 
 from resolver import __version__
 from resolver.catalog import load_catalog
-from resolver.config import Config, load_config, restart_changes
+from resolver.config import (
+    Config,
+    bind_error_reason,
+    format_hostport,
+    load_config,
+    restart_changes,
+)
 from resolver.errors import SinkholeError
 from resolver.pipeline import MAX_INFLIGHT, Resolver
 from resolver.policy import Policy, PolicyState, build_policy
@@ -54,6 +57,8 @@ FD_RESERVE = 512
 #: Under pressure (connections above this share of the limit) idle TCP clients get less time.
 TCP_PRESSURE_SHARE = 0.5
 TCP_PRESSURE_IDLE = 1.0
+#: How long the metrics thread waits for the event loop to copy its counters.
+STATS_TIMEOUT = 2.0
 
 
 def settle_gc(collect: bool = False) -> None:
@@ -70,14 +75,6 @@ def settle_gc(collect: bool = False) -> None:
         gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="sinkhole: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def seeded_state(catalog, config: Config) -> PolicyState:
@@ -157,11 +154,14 @@ class UdpListener:
                 continue  # an ICMP error queued on the socket: nothing to answer
             try:
                 # A forwarded query returns None now and comes back through send().
-                out = handle(data, addr[0], False, self, addr)
+                out = handle(data, addr[0], self, addr)
                 if out is not None:
                     self.send(out, addr)
             except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
                 log.exception("error handling a UDP query from %s", addr[0])
+
+    def expect(self) -> None:
+        """A query parked on an upstream: nothing to do, its answer comes to send()."""
 
     def send(self, out: bytes, addr: tuple) -> None:
         if self.closed:
@@ -189,6 +189,43 @@ class UdpListener:
                 pass
             self.backlog.popleft()
         self.loop.remove_writer(self.sock.fileno())
+
+
+class TcpSink:
+    """One TCP connection's answers, framed (RFC 1035 4.2.2); counts the parked ones."""
+
+    __slots__ = ("writer", "outstanding", "changed")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        #: Queries parked on an upstream whose answer has not come back yet.
+        self.outstanding = 0
+        self.changed: asyncio.Event | None = None
+
+    def expect(self) -> None:
+        self.outstanding += 1
+
+    def send_now(self, out: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(struct.pack("!H", len(out)) + out)
+
+    def send(self, out: bytes, addr: object) -> None:
+        self.outstanding -= 1
+        self.send_now(out)
+        if self.changed is not None:
+            self.changed.set()
+
+    async def settled(self, at_most: int, timeout: float | None) -> None:
+        """Wait until no more than `at_most` answers are outstanding (or the timeout)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.outstanding > at_most:
+                    self.changed = asyncio.Event()
+                    await self.changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.changed = None
 
 
 class Server:
@@ -224,10 +261,11 @@ class Server:
         self.stopping: asyncio.Event | None = None
         self.started = time.time()
         self.metrics = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.overrides: dict = {}
         self.watcher: asyncio.Task | None = None
         self.reloading = asyncio.Lock()
-        self.resolver.max_inflight = inflight_limit(len(self.forwarder.upstreams))
+        self.resolver.forward.max_inflight = inflight_limit(len(self.forwarder.upstreams))
         self._warn_loop(config)
 
     def _warn_loop(self, config: Config) -> None:
@@ -270,18 +308,10 @@ class Server:
                     for other in socks:
                         other.close()
                     proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
-                    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    if exc.errno == errno.EADDRINUSE:
-                        reason = "address already in use (another DNS server running?)"
-                    elif exc.errno == errno.EACCES:
-                        reason = (
-                            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-                        )
-                    elif exc.errno == errno.EADDRNOTAVAIL:
-                        reason = "no such address on this machine"
-                    else:
-                        reason = exc.strerror or str(exc)
-                    raise SinkholeError(f"cannot listen on {proto} {addr}: {reason}") from None
+                    raise SinkholeError(
+                        f"cannot listen on {proto} {format_hostport(host, port)}: "
+                        f"{bind_error_reason(exc)}"
+                    ) from None
                 socks.append(s)
         return socks
 
@@ -295,6 +325,7 @@ class Server:
                     self._tcp_client, sock=s, limit=TCP_MAX_MESSAGE + 2
                 )
                 self.tcp_servers.append(server)
+        self.loop = loop
         self.recorder.attach(loop)
         self.recorder.start()
         self.spawn(self._record_privacy("start"))
@@ -309,7 +340,7 @@ class Server:
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else "?"
         limit = self.config.tcp.max_connections
-        pending: set[asyncio.Task] = set()
+        sink = TcpSink(writer)
         transport = writer.transport
         loop = asyncio.get_running_loop()
         try:
@@ -333,32 +364,25 @@ class Server:
                 finally:
                     self.tcp_waiting.pop(task, None)
                 try:
-                    out = self.resolver.handle(data, client, True)
+                    # Pipelined queries are answered as they complete (RFC 7766 6.2.1.1):
+                    # a parked one comes back through sink.send().
+                    out = self.resolver.handle(data, client, sink, None, True)
                 except Exception:  # noqa: BLE001
                     log.exception("error handling a TCP query from %s", client)
                     break
-                if out is None:
-                    continue
-                if type(out) is bytes:
-                    writer.write(struct.pack("!H", len(out)) + out)
-                else:
-                    # Pipelined queries are answered as they complete (RFC 7766 6.2.1.1).
-                    t = asyncio.ensure_future(self._tcp_later(out, writer, client))
-                    pending.add(t)
-                    t.add_done_callback(pending.discard)
-                    if len(pending) >= TCP_MAX_PIPELINE:
-                        # Stop reading until one completes: one connection cannot queue
-                        # an unbounded number of upstream questions.
-                        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if out is not None:
+                    sink.send_now(out)
+                if sink.outstanding >= TCP_MAX_PIPELINE:
+                    # Stop reading until one completes: one connection cannot queue
+                    # an unbounded number of upstream questions.
+                    await sink.settled(TCP_MAX_PIPELINE - 1, None)
                 if transport.get_write_buffer_size() > TCP_MAX_WRITE_BUFFER:
                     break  # a client that sends but never reads would grow our memory
-            if pending:
-                await asyncio.wait(pending, timeout=self.config.upstream_timeout + 0.5)
+            if sink.outstanding:
+                await sink.settled(0, self.config.upstream_timeout + 0.5)
         except asyncio.CancelledError:
             pass
         finally:
-            for t in pending:
-                t.cancel()
             self.tcp_connections.discard(task)
             writer.close()
 
@@ -371,16 +395,6 @@ class Server:
             if not deadline.expired() and (when is None or when > target):
                 deadline.reschedule(target)
 
-    async def _tcp_later(self, coro: Coroutine, writer: asyncio.StreamWriter, client: str) -> None:
-        try:
-            out = await coro
-            if out is not None and not writer.is_closing():
-                writer.write(struct.pack("!H", len(out)) + out)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001
-            log.exception("error answering a TCP query from %s", client)
-
     # -- live changes ---------------------------------------------------------------------------
 
     async def _watch_policy(self) -> None:
@@ -390,20 +404,20 @@ class Server:
             try:
                 version = await loop.run_in_executor(None, _policy_version, self.db_path)
                 if version is not None and version != self.policy_version:
-                    await self.reload_policy(version)
+                    await self.reload_policy()
             except Exception:  # noqa: BLE001 - a reload problem must never stop DNS
                 log.exception("policy reload failed; keeping the current policy")
 
-    async def reload_policy(self, version: int | None = None, config: Config | None = None) -> None:
-        """Build the new policy off the loop, then swap it in one assignment."""
+    async def reload_policy(self) -> None:
+        """The database's policy changed: build the new one off the loop, then swap it in."""
         loop = asyncio.get_running_loop()
-        config = config or self.config
-        catalog = self.catalog
-        policy, fault = await loop.run_in_executor(None, load_policy, config, catalog, self.db_path)
+        policy, fault = await loop.run_in_executor(
+            None, load_policy, self.config, self.catalog, self.db_path
+        )
         if fault:
             log.error("%s; keeping the current policy", fault)
             return
-        self.resolver.policy = policy
+        self.resolver.set_policy(policy)
         self.recorder.forget_clients()
         self.policy_version = policy.version
         settle_gc()
@@ -448,7 +462,7 @@ class Server:
             privacy=config.privacy.clients, retention_days=config.privacy.retention_days
         )
         settle_gc()
-        self.resolver.max_inflight = inflight_limit(len(forwarder.upstreams))
+        self.resolver.forward.max_inflight = inflight_limit(len(forwarder.upstreams))
         self.policy_version = policy.version
         logging.getLogger().setLevel(config.log_level.upper())
         log.info(
@@ -495,6 +509,48 @@ class Server:
         if self.metrics is not None:
             self.metrics.stop()
 
+    def stats(self) -> dict:
+        """Every figure /metrics and /health show, copied at one instant on the event loop."""
+        out = self.resolver.stats()
+        recorder = self.recorder
+        out.update(
+            recorder_backlog=recorder.backlog,
+            recorder_written=recorder.written,
+            database_fault=bool(recorder.fault),
+            policy_version=self.policy_version,
+            started=self.started,
+            upstreams=list(self.forwarder.upstreams),
+            listeners_open=bool(self.transports)
+            and bool(self.tcp_servers)
+            and all(not t.is_closing() for t in self.transports)
+            and all(s.is_serving() for s in self.tcp_servers),
+        )
+        return out
+
+    def snapshot(self, timeout: float = STATS_TIMEOUT) -> dict:
+        """`stats()` for another thread (the metrics server): taken on the event loop,
+        so nothing is read while the loop changes it.
+
+        Raises:
+            SinkholeError: the loop did not take the snapshot within `timeout` (it is stuck).
+        """
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return self.stats()  # not serving: nothing runs beside the caller
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def take() -> None:
+            try:
+                result.set_result(self.stats())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                result.set_exception(exc)
+
+        loop.call_soon_threadsafe(take)
+        try:
+            return result.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise SinkholeError(f"the DNS event loop did not answer within {timeout:g} s") from None
+
     def describe(self) -> list[str]:
         cfg = self.config
         m = self.resolver.policy.matcher
@@ -510,18 +566,6 @@ class Server:
         ]
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft descriptor limit to the hard one (systemd's soft default is 1024)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 def inflight_limit(upstreams: int) -> int:
     """Distinct questions that may wait on upstreams, so their sockets fit the fd limit."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -529,91 +573,3 @@ def inflight_limit(upstreams: int) -> int:
         return MAX_INFLIGHT
     per_question = 2 * max(1, upstreams)
     return max(16, min(MAX_INFLIGHT, (soft - FD_RESERVE) // per_question))
-
-
-def drop_privileges(user: str, paths: list[str]) -> None:
-    """After binding port 53 as root, continue as `user` (the database stays writable)."""
-    import pwd
-
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        raise SinkholeError(f"user: no such user {user!r}") from None
-    for p in paths:
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(p + suffix):
-                os.chown(p + suffix, pw.pw_uid, pw.pw_gid)
-    os.setgroups([])
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
-    log.info("running as user %s", user)
-
-
-def run_server(config: Config, overrides: dict | None = None) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
-    setup_logging(config.log_level)
-    workers = config.workers
-    if workers == "auto":
-        workers = os.cpu_count() or 1
-    if workers > 1:
-        from resolver.workers import run_workers
-
-        return run_workers(config, workers, overrides or {})
-    return run_one(config, overrides or {}, reuse_port=False)
-
-
-def run_one(config: Config, overrides: dict, *, reuse_port: bool, quiet: bool = False) -> int:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = asyncio.new_event_loop
-    raise_fd_limit()
-    try:
-        server = Server(config, reuse_port=reuse_port)
-        server.overrides = overrides
-        socks = server.bind()
-        if config.metrics_listen:
-            # Imported now: after dropping privileges the interpreter's own files may
-            # no longer be readable (a Python under /root, mode 700).
-            try:
-                from resolver.metrics import MetricsServer
-
-                server.metrics = MetricsServer(server)
-            except ImportError as exc:
-                log.warning("metrics_listen is set but %s: no /health or /metrics", exc)
-        if config.user and os.getuid() == 0:
-            drop_privileges(config.user, [server.db_path])
-    except SinkholeError as exc:
-        print(f"sinkhole: {exc}", file=sys.stderr)
-        return 1
-    loop = loop_factory()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_main(server, socks, quiet))
-    finally:
-        loop.close()
-
-
-async def _main(server: Server, socks: list[socket.socket], quiet: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
-    await server.start(socks)
-    if server.metrics is not None:
-        try:
-            server.metrics.start()
-        except SinkholeError as exc:
-            log.error("%s", exc)
-            server.metrics = None
-    if not quiet:
-        for line in server.describe():
-            log.info("%s", line)
-    await stop.wait()
-    log.info("stopping")
-    await server.shutdown()
-    log.info("stopped; %d hits written this run", server.recorder.written)
-    return 0

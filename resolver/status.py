@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver.config import parse_hostport
+from resolver.config import format_hostport, parse_hostport
 from resolver.errors import SinkholeError
 
 #: Seconds to wait for each of /health and /metrics.
@@ -26,7 +26,7 @@ def metrics_url(address: str) -> str:
     """
     host, port = parse_hostport(address, 9153, "--metrics")
     host = WILDCARD_TO_LOOPBACK.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{format_hostport(host, port)}"
 
 
 def _get(url: str, timeout: float) -> tuple[int, str]:

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable
 
 from resolver import wire
+from resolver.config import format_hostport
 from resolver.wire import Answer, Query, Rcode, WireError
 
 log = logging.getLogger("sinkhole.upstream")
@@ -58,7 +59,7 @@ class Upstream:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     @property
     def up(self) -> bool:
@@ -484,28 +485,6 @@ class Forwarder:
         ex = _Exchange(self, query, poller, done, deadline)
         ex.step()
         return ex
-
-    async def resolve(self, query: Query, budget: float | None = None) -> tuple[bytes, Answer]:
-        """`start` for coroutines: the answer (the caller sets the client's ID).
-
-        Raises:
-            WireError: rcode SERVFAIL; no upstream gave a usable answer within the budget.
-        """
-        future = asyncio.get_running_loop().create_future()
-
-        def done(result: tuple[bytes, Answer] | None) -> None:
-            if not future.done():
-                future.set_result(result)
-
-        ex = self.start(query, done, budget)
-        try:
-            result = await future
-        finally:
-            if not ex.over:
-                ex.cancel()
-        if result is None:
-            raise WireError("no upstream answered in time", Rcode.SERVFAIL)
-        return result
 
     async def _tcp(
         self, query: Query, upstream: Upstream, deadline: float

@@ -307,9 +307,20 @@ def read_name(wire: bytes, pos: int) -> tuple[str, int]:
 class Answer:
     """What a scan of an upstream answer tells the cache and the policy."""
 
-    __slots__ = ("rcode", "tc", "ttl_offsets", "ttl", "cnames", "negative", "question_end")
+    __slots__ = (
+        "rcode",
+        "tc",
+        "ttl_offsets",
+        "ttl",
+        "cnames",
+        "negative",
+        "question_end",
+        "opt_at",
+    )
 
     def __init__(self) -> None:
+        #: Where the OPT record's fixed part (type, class, ttl, rdlength) starts; -1: none.
+        self.opt_at = -1
         self.ttl_offsets: list[int] = []
         self.cnames: list[str] = []
         self.negative = False
@@ -360,7 +371,9 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
             rdata = pos + 10
             if rdata + rdlen > end:
                 raise WireError("record truncated")
-            if rtype != _OPT:
+            if rtype == _OPT:
+                a.opt_at = pos
+            else:
                 offsets.append(pos + 4)
                 if ttl & 0x80000000:
                     ttl = 0  # RFC 2181 8: a TTL with the top bit set is zero
@@ -489,6 +502,65 @@ def _question_name(wire: bytes) -> tuple[list[bytes], int]:
             raise WireError("name longer than 255 bytes")
         labels.append(wire[pos + 1 : pos + 1 + n])
         pos += n + 1
+
+
+def local_answer(
+    query: Query,
+    rcode: int,
+    ancount: int,
+    nscount: int,
+    records: bytes,
+    options: bytes = b"",
+    aa: bool = False,
+) -> bytes:
+    """An answer made here (sinkhole, CHAOS): the question as asked, then `records`,
+    then an OPT with `options` when the query had EDNS."""
+    flags = header_flags(query, rcode, aa)
+    if query.edns:
+        return (
+            HEADER.pack(query.id, flags, 1, ancount, nscount, 1)
+            + query.wire[12 : query.question_end]
+            + records
+            + opt_record(query.do, 0, options)
+        )
+    return (
+        HEADER.pack(query.id, flags, 1, ancount, nscount, 0)
+        + query.wire[12 : query.question_end]
+        + records
+    )
+
+
+def chaos_txt(query: Query, text: str) -> bytes:
+    """The CHAOS TXT answer to version.bind / version.server."""
+    txt = text.encode()[:255]
+    rdata = bytes([len(txt)]) + txt
+    record = b"\xc0\x0c" + RR_FIXED.pack(QType.TXT, CLASS_CH, 0, len(rdata)) + rdata
+    return local_answer(query, Rcode.NOERROR, 1, 0, record, aa=True)
+
+
+def personalise(response: bytes, query: Query) -> bytes:
+    """An upstream or cached answer to `query`, with its ID and its question as the
+    client asked it (0x20 case): the header after the ID and the records as given."""
+    qend = query.question_end
+    return query.wire[:2] + response[2:12] + query.wire[12:qend] + response[qend:]
+
+
+def with_ede(response: bytes, opt_at: int, info_code: int, text: str = "") -> bytes:
+    """`response` with an Extended DNS Error (RFC 8914) added to its OPT record, whose
+    fixed part starts at `opt_at` (-1: no OPT, returned as it is)."""
+    if opt_at < 0:
+        return response
+    option = ede_option(info_code, text)
+    rdlen_at = opt_at + 8
+    rdlen = U16.unpack_from(response, rdlen_at)[0]
+    end = rdlen_at + 2 + rdlen
+    return (
+        response[:rdlen_at]
+        + U16.pack(rdlen + len(option))
+        + response[rdlen_at + 2 : end]
+        + option
+        + response[end:]
+    )
 
 
 def truncated(query: Query, response: bytes) -> bytes:

@@ -1,4 +1,9 @@
-"""Several server processes sharing the listening ports (SO_REUSEPORT), supervised by a parent."""
+"""Several server processes sharing the listening ports (SO_REUSEPORT), supervised by a parent.
+
+The supervisor is handed the child to run (a function of the worker's index that
+returns an exit code): it forks, restarts and signals processes, and knows
+nothing of what they serve.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import os
 import signal
 import sys
 import time
-
-from resolver.config import Config
+from collections.abc import Callable
 
 log = logging.getLogger("sinkhole.workers")
 
@@ -21,7 +25,10 @@ STOP_TIMEOUT = 8.0
 STARTUP_WINDOW = 3.0
 
 
-def _start_worker(config: Config, overrides: dict, index: int) -> int:
+Child = Callable[[int], int]
+
+
+def _start_worker(child: Child, index: int) -> int:
     pid = os.fork()
     if pid == 0:
         # Child: default signal dispositions; the server installs its own handlers.
@@ -29,12 +36,7 @@ def _start_worker(config: Config, overrides: dict, index: int) -> int:
             signal.signal(sig, signal.SIG_DFL)
         code = 1
         try:
-            from resolver.server import run_one
-
-            # Only the first worker prints the banner and serves /metrics.
-            if index > 0:
-                config = config.with_overrides(metrics_listen="")
-            code = run_one(config, overrides, reuse_port=True, quiet=index > 0)
+            code = child(index)
         except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
             log.exception("worker %d crashed", index)
         finally:
@@ -44,7 +46,7 @@ def _start_worker(config: Config, overrides: dict, index: int) -> int:
     return pid
 
 
-def run_workers(config: Config, count: int, overrides: dict) -> int:
+def run_workers(count: int, child: Child) -> int:
     """Start `count` workers, restart any that dies, forward SIGHUP, stop all on SIGTERM."""
     stopping = False
     reload_pending = False
@@ -62,7 +64,7 @@ def run_workers(config: Config, count: int, overrides: dict) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
     for i in range(count):
-        workers[_start_worker(config, overrides, i)] = (i, time.monotonic())
+        workers[_start_worker(child, i)] = (i, time.monotonic())
         if i == 0:
             time.sleep(0.2)  # let the first worker create and migrate the database alone
     log.info("started %d workers sharing the listening ports", count)
@@ -90,7 +92,7 @@ def run_workers(config: Config, count: int, overrides: dict) -> int:
             break
         log.error("worker %d (pid %d) exited with %d; restarting it", index, pid, code)
         time.sleep(RESTART_BACKOFF)
-        workers[_start_worker(config, overrides, index)] = (index, time.monotonic())
+        workers[_start_worker(child, index)] = (index, time.monotonic())
     for pid in workers:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT

@@ -7,9 +7,9 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from resolver.cache import STALE_ANSWER_TTL, Cache, personalise
+from resolver.cache import STALE_ANSWER_TTL, Cache
 from resolver.config import CacheConfig
-from resolver.wire import parse_query, scan_answer
+from resolver.wire import parse_query, personalise, scan_answer
 
 
 def make(name: str, rdtype: str = "A", do: bool = False, edns: bool = True):

@@ -90,13 +90,11 @@ def test_spoofed_or_broken_answers_are_never_accepted_nor_cached(sinkhole, upstr
     server = sinkhole()
     name = "host-040.example.test"
     upstream.set_fault(name, fault)
-    t0 = time.monotonic()
-    r = query(server.address, name, timeout=6)
-    elapsed = time.monotonic() - t0
     # RFC 5452 9.1: an answer from the wrong port, with the wrong ID or for another
-    # question is ignored; nothing else comes, so SERVFAIL within the budget.
+    # question is ignored; nothing else comes, so SERVFAIL within the budget: a client
+    # that waits no longer than the budget and some slack gets it, never a timeout.
+    r = query(server.address, name, timeout=BUDGET + BUDGET_SLACK)
     assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
-    assert elapsed < BUDGET + BUDGET_SLACK
     blocked_still_works(server)
     # Nothing of the attempt was cached: the fixed upstream is asked, its answer kept.
     upstream.set_fault(name, None)
@@ -195,9 +193,8 @@ def test_closed_port_only_upstream_servfails_fast_and_blocking_goes_on(sinkhole)
     server = sinkhole({"upstreams": [f"127.0.0.1:{free_port()}"]}, start=False)
     server.probe_name = BLOCKED
     server.start()
-    t0 = time.monotonic()
-    assert query(server.address, "host-047.example.test", timeout=6).rcode() == dns.rcode.SERVFAIL
-    assert time.monotonic() - t0 < BUDGET + BUDGET_SLACK
+    r = query(server.address, "host-047.example.test", timeout=BUDGET + BUDGET_SLACK)
+    assert r.rcode() == dns.rcode.SERVFAIL
     blocked_still_works(server)
 
 
@@ -210,10 +207,10 @@ def test_every_upstream_blackholed_servfails_within_budget(sinkhole, blackhole):
         server.probe_name = BLOCKED
         server.start()
         for i in range(3):
-            t0 = time.monotonic()
-            r = query(server.address, f"host-{60 + i:03d}.example.test", timeout=6)
+            r = query(
+                server.address, f"host-{60 + i:03d}.example.test", timeout=BUDGET + BUDGET_SLACK
+            )
             assert r.rcode() == dns.rcode.SERVFAIL
-            assert time.monotonic() - t0 < BUDGET + BUDGET_SLACK
         blocked_still_works(server)
     finally:
         other.close()
@@ -258,10 +255,8 @@ def test_forwarding_loop_to_ourselves_fails_cleanly(sinkhole):
     server.probe_name = BLOCKED
     server.start()
     for i in range(3):
-        t0 = time.monotonic()
-        r = query(server.address, f"loop-{i}.example.test", timeout=8)
+        r = query(server.address, f"loop-{i}.example.test", timeout=BUDGET + BUDGET_SLACK)
         assert r.rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - t0 < BUDGET + BUDGET_SLACK
     blocked_still_works(server)
     assert server.process.poll() is None
     assert "this server's own address" in server.stderr_text()

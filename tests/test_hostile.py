@@ -58,14 +58,13 @@ def test_rate_limit_default_is_pihole_like():
 
 def test_default_rate_limit_refuses_past_1000_per_client(sinkhole):
     server = sinkhole({"rate_limit": {}})
-    t0 = time.monotonic()
     codes = [udp_from("127.0.0.9", server.address, BLOCKED) for _ in range(1100)]
-    elapsed = time.monotonic() - t0
+    # The burst of 1000 is answered; past it, REFUSED but for what refilled meanwhile
+    # (the bucket's arithmetic is tested on a driven clock in test_chain.py).
     assert codes[:1000] == [dns.rcode.NOERROR] * 1000
-    # A token bucket: the burst of 1000, plus what refilled (1000 per 60 s) meanwhile.
-    answered = codes.count(dns.rcode.NOERROR)
-    assert answered <= 1000 + elapsed * 1000 / 60 + 1
     assert codes[-1] == dns.rcode.REFUSED
+    assert set(codes) == {dns.rcode.NOERROR, dns.rcode.REFUSED}
+    assert udp_from("127.0.0.10", server.address, BLOCKED) == dns.rcode.NOERROR  # its own bucket
 
 
 def test_rate_limit_is_per_client_logged_once_and_exemptible(sinkhole):

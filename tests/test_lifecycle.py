@@ -126,11 +126,10 @@ def test_sigterm_under_load_exits_in_time_with_every_hit_flushed(sinkhole):
     db = server.config["database"]
     with Load(server.address) as load:
         assert wait_for(lambda: load.blocked_answered >= 50)
-        t0 = time.monotonic()
-        code = server.stop(signal.SIGTERM)
-        elapsed = time.monotonic() - t0
+        # Past the bound the process is SIGKILLed, and its exit code says so.
+        code = server.stop(signal.SIGTERM, timeout=STOP_BOUND)
         load.stop.set()
-    assert code == 0 and elapsed < STOP_BOUND
+    assert code == 0
     # Every blocked answer a client got is in the database (a hit is queued before
     # the answer leaves, so there may be more hits than answers received, never fewer).
     assert hits(db) >= load.blocked_answered

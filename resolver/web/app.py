@@ -40,8 +40,7 @@ from starlette.staticfiles import StaticFiles
 from resolver import __version__
 from resolver import report as rpt
 from resolver.catalog import load_catalog, normalize_name
-from resolver.cli import parse_duration
-from resolver.config import Config
+from resolver.config import Config, parse_duration
 from resolver.errors import SinkholeError, StoreError
 from resolver.presentation import display_name, strip_controls
 from resolver.store import Store
@@ -595,7 +594,7 @@ async def api_attempts(request: Request) -> Response:
     q = request.query_params
     try:
         seconds = parse_duration(q.get("since", "24h"))
-    except Exception:  # noqa: BLE001 - click.BadParameter carries the message
+    except ValueError:
         raise HTTPException(400, "since: a duration like 90s, 30m, 24h, 7d, 2w") from None
     limit = q.get("limit", "50")
     if not limit.isdigit() or int(limit) < 1:

@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from resolver.config import Config, parse_hostport
+from resolver.config import Config, format_hostport, parse_hostport
 from resolver.errors import ConfigError, SinkholeError
 
 log = logging.getLogger("sinkhole.web")
@@ -53,8 +53,8 @@ def run_web(config: Config) -> int:
     except SinkholeError as exc:
         raise SinkholeError(str(exc)) from None
     scheme = "https" if web.tls_cert else "http"
-    shown = f"[{host}]" if ":" in host else host
-    log.info("dashboard on %s://%s:%d/ (database %s)", scheme, shown, port, config.database)
+    shown = format_hostport(host, port)
+    log.info("dashboard on %s://%s/ (database %s)", scheme, shown, config.database)
 
     def closing() -> None:
         app.web.closing = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,12 +30,21 @@ class DaemonError(RuntimeError):
     """A daemon could not be started; the message holds its output."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port on HOST that is free for both UDP and TCP right now."""
+def free_port(host: str = "127.0.0.1", below: tuple[int, int] | None = None) -> int:
+    """A port on HOST that is free for both UDP and TCP right now.
+
+    With `below` (low, high), one drawn from that range instead of the kernel's
+    ephemeral ports: the benchmark's servers must not take a port the kernel may
+    hand to one of dnsperf's sockets between our probe and the server's bind.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(100):
+    rng = random.Random()
+    for _ in range(200):
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
+            try:
+                udp.bind((host, rng.randrange(*below) if below else 0))
+            except OSError:
+                continue
             port = udp.getsockname()[1]
             with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
@@ -148,7 +158,12 @@ class Daemon:
 def stop_by_pid(
     process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT
 ) -> int | None:
-    """Send SIG to the process's own PID, SIGKILL it after TIMEOUT; its exit code."""
+    """Send SIG to the process's own PID, SIGKILL it after TIMEOUT; its exit code.
+
+    A process that leads its own session (started with start_new_session, as every
+    daemon here is) has its PID as group id: the SIGKILL reaches the children it
+    forked too (nsd's server and xfrd processes), and nothing else.
+    """
     if process is None:
         return None
     if process.poll() is None:
@@ -156,7 +171,13 @@ def stop_by_pid(
             os.kill(process.pid, sig)
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
+            try:
+                if os.getpgid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             process.wait()
         except ProcessLookupError:
             process.wait()
