@@ -164,3 +164,40 @@ def test_lookup_of_a_million_name_list_still_walks_only_the_labels():
     assert m.block_count == 1_000_000
     assert m.lookup("www.n999999.big.example") == (rule, "n999999.big.example")
     assert m.lookup("n1000000.big.example") is None
+
+
+# -- one meaning of a pattern ------------------------------------------------------------------
+
+_LABELS = ["a", "b", "ai", "chat", "example", "com"]
+
+
+def _name(rng: random.Random, depth: int) -> str:
+    return ".".join(rng.choice(_LABELS) for _ in range(depth))
+
+
+def test_matcher_agrees_with_catalog_covers_on_random_patterns():
+    """The trie (hot path) and `catalog.covers` (catalog checks, compare) are two
+    implementations of one rule: "x" is x and every name under it, "*.x" only the
+    names under it, an allow beats a block. Thousands of random cases, both ways."""
+    from resolver.catalog import covers
+    from resolver.policy import Allow
+
+    rng = random.Random(20261202)
+    for _ in range(300):
+        blocks = [
+            ("*." if rng.random() < 0.3 else "") + _name(rng, rng.randint(1, 3)) for _ in range(4)
+        ]
+        allows = [
+            ("*." if rng.random() < 0.3 else "") + _name(rng, rng.randint(1, 3)) for _ in range(2)
+        ]
+        m = Matcher()
+        for p in allows:
+            m.add_allow(p, Allow("rule"))
+        for p in blocks:
+            m.add_block(p, Rule("custom", source="rule"))
+        for _ in range(20):
+            name = _name(rng, rng.randint(1, 4))
+            expected = any(covers(p, name) for p in blocks) and not any(
+                covers(p, name) for p in allows
+            )
+            assert (m.lookup(name) is not None) == expected, (blocks, allows, name)
