@@ -198,6 +198,27 @@ def schema_text(path: Path) -> str:
     )
 
 
+#: sha256 (first 16 hex digits) of each released migration's statements, joined by NUL:
+#: the SQL the migration ran when it was released, backfills included (which leave no
+#: text in sqlite_master). A released migration never changes; a new one adds a line.
+RELEASED = {
+    "m001_initial": "2bd96adfd8129fb8",
+    "m002_hits_5min": "9990f586bb2578c5",
+    "m003_attempts_and_hourly_rollups": "f5f5a9b17c790391",
+    "m004_web_users": "d25d7e9884574d78",
+    "m005_list_sources": "3a4740777ccf6a92",
+}
+
+
+def test_released_migrations_never_change():
+    got = {
+        m.name: hashlib.sha256("\0".join(m.statements).encode()).hexdigest()[:16]
+        for m in MIGRATIONS
+    }
+    assert got == RELEASED
+    assert SCHEMA_VERSION == len(MIGRATIONS)
+
+
 def test_a_new_database_gets_the_released_schema_byte_for_byte(tmp_path):
     # The migrations are frozen: what a new file gets is what every release made, to the
     # byte (the text of a trigger is its code). A new migration adds to tests/schema.sql.
