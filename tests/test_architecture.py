@@ -180,3 +180,15 @@ def test_architecture_md_names_every_module() -> None:
         if not any(f"`{n}`" in text for n in names):
             missing.append(rel)
     assert missing == [], f"ARCHITECTURE.md does not name: {', '.join(missing)}"
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject.toml lists the packages by hand (the catalog is mapped in from
+    blocklists/): a new package folder missing there would be missing from a wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
