@@ -39,6 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from resolver import __version__
 from resolver import report as rpt
+from resolver.admin import list_overview
 from resolver.catalog import load_catalog, normalize_name
 from resolver.config import Config, parse_duration
 from resolver.errors import SinkholeError, StoreError
@@ -611,42 +612,25 @@ async def api_attempts(request: Request) -> Response:
 
 
 def services_rows(web: Web) -> list[dict[str, Any]]:
+    """The services page: what `sinkhole lists` shows (admin.list_overview), with notes."""
     with web.store() as store:
-        rows = {r["name"]: r for r in store.lists()}
-    out = []
-    for category, ids in web.catalog.categories.items():
-        for sid in ids:
-            svc = web.catalog.services[sid]
-            api = rows.get(f"{sid}:api")
-            out.append(
-                {
-                    "id": sid,
-                    "kind": "service",
-                    "name": svc.name,
-                    "category": category,
-                    "enabled": bool(rows.get(sid, {}).get("enabled")),
-                    "domains": len(svc.domains),
-                    "api": len(svc.api),
-                    "api_blocked": bool(api["enabled"]) if api else None,
-                    "notes": svc.notes,
-                }
-            )
-    for r in rows.values():
-        if r["kind"] == "imported":
-            out.append(
-                {
-                    "id": r["name"],
-                    "kind": "imported",
-                    "name": r["source"] or r["name"],
-                    "category": r["category"],
-                    "enabled": bool(r["enabled"]),
-                    "domains": r["domains"],
-                    "api": 0,
-                    "api_blocked": None,
-                    "notes": None,
-                }
-            )
-    return out
+        rows, _new = list_overview(store, web.catalog)
+    services = web.catalog.services
+    return [
+        {
+            "id": r["name"],
+            "kind": r["kind"],
+            "name": r["title"] or r["name"],
+            "category": r["category"],
+            "enabled": r["enabled"],
+            "domains": r["domains"],
+            "api": r.get("api", 0),
+            "api_blocked": r.get("api_blocked"),
+            "notes": services[r["name"]].notes if r["kind"] == "service" else None,
+            "new": bool(r.get("new")),
+        }
+        for r in rows
+    ]
 
 
 @requires()
