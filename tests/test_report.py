@@ -87,6 +87,7 @@ SCHEMA_KEYS = {
     "last_attempt",
     "privacy",
     "gaps",
+    "changes",
 }
 # Far after every test period, so the retention note stays out of the way unless wanted.
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
