@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from resolver.errors import SinkholeError, StoreError
+from resolver.i18n import DEFAULT_LANGUAGE, N_, Language
 from resolver.presentation import csv_cell, display_name, markdown_text, strip_controls
 from resolver.privacy import Period, periods, read_trail
 from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
@@ -32,8 +33,8 @@ PRIVACY_MODES = ("ip", "hashed", "group", "none")
 BYPASS_CATEGORY = "bypass"
 OTHER_GROUP = "other"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-EMPTY_WEEK = "No blocked attempts this week."
-EMPTY_PERIOD = "No blocked attempts in this period."
+EMPTY_WEEK = N_("No blocked attempts this week.")
+EMPTY_PERIOD = N_("No blocked attempts in this period.")
 
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 _DURATION_RE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -194,13 +195,13 @@ def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
-def _service_name(svc: str, service_names: dict[str, str]) -> str:
+def _service_name(svc: str, service_names: dict[str, str], lang: Language) -> str:
     if svc in service_names:
         return service_names[svc]
     if svc == "custom":
-        return "Custom rules"
+        return lang._("Custom rules")
     if svc.startswith("list:"):
-        return f"Imported list {svc[5:]}"
+        return lang._("Imported list %(name)s", name=svc[5:])
     return svc
 
 
@@ -210,24 +211,23 @@ def _iso(ts: int | None, zi: ZoneInfo) -> str | None:
 
 #: What the hits hold about clients in each mode, as the privacy note words it.
 MODE_WORDS = {
-    "ip": "IP addresses",
-    "hashed": "pseudonyms",
-    "group": "client groups only",
-    "none": "neither clients nor groups",
+    "ip": N_("IP addresses"),
+    "hashed": N_("pseudonyms"),
+    "group": N_("client groups only"),
+    "none": N_("neither clients nor groups"),
 }
 #: What hits rewritten to each mode keep.
 KEEP_WORDS = {
-    "hashed": "pseudonyms instead of IP addresses",
-    "group": "the client group only",
-    "none": "neither client nor group",
+    "hashed": N_("pseudonyms instead of IP addresses"),
+    "group": N_("the client group only"),
+    "none": N_("neither client nor group"),
 }
 CLIENT_MODES = ("ip", "hashed")
 
 
-def _when(ts: int, zi: ZoneInfo, dated: bool) -> str:
+def _when(ts: int, zi: ZoneInfo, dated: bool, lang: Language) -> str:
     """A moment for the note: "Tue 14:10", or with its date ("Tue 2026-03-24 14:10")."""
-    moment = datetime.fromtimestamp(ts, zi)
-    return f"{moment:%a %Y-%m-%d %H:%M}" if dated else f"{moment:%a %H:%M}"
+    return lang.moment(datetime.fromtimestamp(ts, zi), dated=dated)
 
 
 def _runs(spans: list[Period]) -> list[tuple[int, int, str]]:
@@ -241,16 +241,26 @@ def _runs(spans: list[Period]) -> list[tuple[int, int, str]]:
     return runs
 
 
-def describe_modes(spans: list[Period], zi: ZoneInfo, dated: bool) -> str:
+def describe_modes(
+    spans: list[Period], zi: ZoneInfo, dated: bool, lang: Language | None = None
+) -> str:
     """ "IP addresses until Tue 14:10, pseudonyms since": which mode held when."""
+    lang = lang or Language()
     runs = _runs(spans)
     if len(runs) == 1:
-        return MODE_WORDS[runs[0][2]]
-    parts = [f"{MODE_WORDS[m]} until {_when(end, zi, dated)}" for _, end, m in runs[:-1]]
-    return ", ".join([*parts, f"{MODE_WORDS[runs[-1][2]]} since"])
+        return lang._(MODE_WORDS[runs[0][2]])
+    parts = [
+        lang._(
+            "%(mode)s until %(when)s", mode=lang._(MODE_WORDS[m]), when=_when(end, zi, dated, lang)
+        )
+        for _, end, m in runs[:-1]
+    ]
+    return ", ".join([*parts, lang._("%(mode)s since", mode=lang._(MODE_WORDS[runs[-1][2]]))])
 
 
-def _ranges(stretches: list[tuple[int, int]], t0: int, t1: int, zi: ZoneInfo, dated: bool) -> str:
+def _ranges(
+    stretches: list[tuple[int, int]], t0: int, t1: int, zi: ZoneInfo, dated: bool, lang: Language
+) -> str:
     """ "until Tue 14:10", "since Tue 14:10", "from Mon 09:00 to Tue 14:10", joined."""
     merged: list[tuple[int, int]] = []
     for lo, hi in stretches:
@@ -261,14 +271,20 @@ def _ranges(stretches: list[tuple[int, int]], t0: int, t1: int, zi: ZoneInfo, da
     words = []
     for lo, hi in merged:
         if lo <= t0 and hi >= t1:
-            words.append("of the whole period")
+            words.append(lang._("of the whole period"))
         elif lo <= t0:
-            words.append(f"until {_when(hi, zi, dated)}")
+            words.append(lang._("until %(when)s", when=_when(hi, zi, dated, lang)))
         elif hi >= t1:
-            words.append(f"since {_when(lo, zi, dated)}")
+            words.append(lang._("since %(when)s", when=_when(lo, zi, dated, lang)))
         else:
-            words.append(f"from {_when(lo, zi, dated)} to {_when(hi, zi, dated)}")
-    return " and ".join(words)
+            words.append(
+                lang._(
+                    "from %(start)s to %(end)s",
+                    start=_when(lo, zi, dated, lang),
+                    end=_when(hi, zi, dated, lang),
+                )
+            )
+    return lang._(" and ").join(words)
 
 
 def _privacy_note(
@@ -281,56 +297,85 @@ def _privacy_note(
     t1: int,
     zi: ZoneInfo,
     now: datetime,
+    lang: Language,
 ) -> str:
     """What the hits of the period hold about clients and since when, what the report
     therefore shows, and what retention may have taken."""
+    _ = lang._
     notes = {
-        "ip": "Clients are recorded by IP address.",
-        "hashed": "Clients are recorded as pseudonyms; their IP addresses are not stored.",
-        "group": "Clients are not recorded, only the group of their network.",
-        "none": "Neither clients nor their groups are recorded.",
+        "ip": N_("Clients are recorded by IP address."),
+        "hashed": N_("Clients are recorded as pseudonyms; their IP addresses are not stored."),
+        "group": N_("Clients are not recorded, only the group of their network."),
+        "none": N_("Neither clients nor their groups are recorded."),
     }
     dated = t1 - t0 > 7 * 86400
     modes = {p.clients for p in spans}
     if len(modes) == 1:
-        parts = [notes[spans[0].clients]]
+        parts = [_(notes[spans[0].clients])]
     else:
-        parts = [f"Recorded about clients: {describe_modes(spans, zi, dated)}."]
+        parts = [
+            _("Recorded about clients: %(modes)s.", modes=describe_modes(spans, zi, dated, lang))
+        ]
     for when in sorted({p.rewritten for p in spans if p.rewritten is not None}):
         done = [p for p in spans if p.rewritten == when]
-        what = _ranges([(p.start, p.end) for p in done], t0, t1, zi, dated)
+        what = _ranges([(p.start, p.end) for p in done], t0, t1, zi, dated, lang)
         parts.append(
-            f"The hits {what} were rewritten on {_when(when, zi, True)} by sinkhole privacy "
-            f"apply: they keep {KEEP_WORDS[done[0].clients]}."
+            _(
+                "The hits %(what)s were rewritten on %(when)s by sinkhole privacy apply: "
+                "they keep %(kept)s.",
+                what=what,
+                when=_when(when, zi, True, lang),
+                kept=_(KEEP_WORDS[done[0].clients]),
+            )
         )
     with_clients = [(p.start, p.end) for p in spans if p.clients in CLIENT_MODES]
     if listed and len(with_clients) < len(spans):
         parts.append(
-            "Client counts and top clients cover only the hits "
-            f"{_ranges(with_clients, t0, t1, zi, dated)}, which hold client identities."
+            _(
+                "Client counts and top clients cover only the hits %(what)s, which hold "
+                "client identities.",
+                what=_ranges(with_clients, t0, t1, zi, dated, lang),
+            )
         )
     if listed and set(CLIENT_MODES) <= modes:
         parts.append(
-            "A client recorded both ways counts twice, by address and by pseudonym; "
-            "sinkhole privacy apply makes them one."
+            _(
+                "A client recorded both ways counts twice, by address and by pseudonym; "
+                "sinkhole privacy apply makes them one."
+            )
         )
     if not listed and with_clients:
         parts.append(
-            f"Clients are not listed: privacy.clients is now {config_mode}, though the hits "
-            f"{_ranges(with_clients, t0, t1, zi, dated)} hold client identities; "
-            "sinkhole privacy apply rewrites them."
+            _(
+                "Clients are not listed: privacy.clients is now %(mode)s, though the hits "
+                "%(what)s hold client identities; sinkhole privacy apply rewrites them.",
+                mode=config_mode,
+                what=_ranges(with_clients, t0, t1, zi, dated, lang),
+            )
         )
     if approximate:
         anonymous = modes - set(CLIENT_MODES)
-        who = "service" if anonymous == {"none"} else "client group"
-        parts.append(
-            f"Attempts are approximate: without client addresses they are counted per {who}."
-        )
+        if anonymous == {"none"}:
+            parts.append(
+                _(
+                    "Attempts are approximate: without client addresses they are counted per "
+                    "service."
+                )
+            )
+        else:
+            parts.append(
+                _(
+                    "Attempts are approximate: without client addresses they are counted per "
+                    "client group."
+                )
+            )
     horizon = now.timestamp() - retention_days * 86400
     if t0 < horizon:
         parts.append(
-            f"Hits older than {retention_days} days are deleted, so part of this period "
-            "may be missing."
+            _(
+                "Hits older than %(days)s days are deleted, so part of this period may be missing.",
+                days=lang.number(retention_days),
+            )
         )
     return " ".join(parts)
 
@@ -582,17 +627,19 @@ def _changes(
     t1: int,
     zi: ZoneInfo,
     service_names: dict[str, str],
+    lang: Language,
 ) -> dict[str, Any]:
     """What changed in the policy in [t0, t1): catalog services first seen (an upgrade or a
     catalog edit, at a start or reload), imported lists imported, updated or removed, and
     the other policy changes of the audit trail, the first MAX_CHANGES of them."""
     lo, hi = _utc_text(t0), _utc_text(t1)
     services = []
+    # A database of the report tables alone (tests, a copy for an auditor) has no policy.
     if "added" in _columns(conn, "lists"):
         services = [
             {
                 "id": sid,
-                "name": _service_name(sid, service_names),
+                "name": _service_name(sid, service_names, lang),
                 "category": category,
                 "enabled": bool(enabled),
                 "added": _local_text(added, zi),
@@ -606,11 +653,13 @@ def _changes(
     lists: list[dict[str, Any]] = []
     policy: list[dict[str, Any]] = []
     omitted = 0
-    rows = conn.execute(
-        "SELECT id, ts, user, command, comment, detail FROM audit "
-        "WHERE ts >= ? AND ts < ? ORDER BY id",
-        (lo, hi),
-    ).fetchall()
+    rows = []
+    if _columns(conn, "audit"):
+        rows = conn.execute(
+            "SELECT id, ts, user, command, comment, detail FROM audit "
+            "WHERE ts >= ? AND ts < ? ORDER BY id",
+            (lo, hi),
+        ).fetchall()
     for row_id, ts, user, command, comment, detail in rows:
         verb = _LIST_COMMAND_RE.match(command or "")
         event = _list_event(conn, verb[1], row_id, detail or "") if verb else None
@@ -694,13 +743,19 @@ def build_report(
     service_names: dict[str, str],
     top: int = 10,
     now: datetime | None = None,
+    lang: str = DEFAULT_LANGUAGE,
 ) -> dict[str, Any]:
-    """The report of blocked attempts in [start, end) as the schema-1 dict (docs/report.md).
+    """The report of blocked attempts in [start, end) as the schema-1 dict (docs/report.md),
+    its human text (names of custom rules and lists, the privacy note) in `lang`.
 
     Raises:
         SinkholeError: bad period, time zone or privacy mode; StoreError: unreadable database.
     """
     zi = zone(tz)
+    try:
+        language = Language(lang)
+    except ValueError as exc:
+        raise SinkholeError(str(exc)) from None
     if privacy not in PRIVACY_MODES:
         raise SinkholeError(f"unknown privacy mode {privacy!r} (one of {', '.join(PRIVACY_MODES)})")
     if start.tzinfo is None:
@@ -730,6 +785,7 @@ def build_report(
             service_names,
             top,
             now,
+            language,
         )
     except sqlite3.Error as exc:
         raise StoreError(f"{db_path}: report query failed: {exc}") from exc
@@ -750,6 +806,7 @@ def _query_report(
     service_names: dict[str, str],
     top: int,
     now: datetime,
+    lang: Language,
 ) -> dict[str, Any]:
     # What the hits of the period hold, from the audit trail; the config's mode (`privacy`)
     # only for a database without one. Clients are listed where some hits hold them,
@@ -801,7 +858,7 @@ def _query_report(
     ):
         services[svc] = {
             "id": svc,
-            "name": _service_name(svc, service_names),
+            "name": _service_name(svc, service_names, lang),
             "category": category,
             "blocked": s_blocked,
             "attempts": s_attempts,
@@ -813,7 +870,7 @@ def _query_report(
         if svc not in services:
             services[svc] = {
                 "id": svc,
-                "name": _service_name(svc, service_names),
+                "name": _service_name(svc, service_names, lang),
                 "category": category,
                 "blocked": 0,
                 "attempts": 0,
@@ -883,7 +940,7 @@ def _query_report(
     bypass = [
         {
             "id": svc,
-            "name": _service_name(svc, service_names),
+            "name": _service_name(svc, service_names, lang),
             "blocked": b,
             "attempts": a,
             "clients": nullable(c),
@@ -953,25 +1010,31 @@ def _query_report(
             ],
             "retention_days": retention_days,
             "note": _privacy_note(
-                spans, privacy, clients_recorded, approximate, retention_days, t0, t1, zi, now
+                spans, privacy, clients_recorded, approximate, retention_days, t0, t1, zi, now, lang
             ),
         },
         "gaps": _gaps(conn, t0, min(t1, max(t0, int(now.timestamp()))), zi, int(now.timestamp())),
-        "changes": _changes(conn, t0, t1, zi, service_names),
+        "changes": _changes(conn, t0, t1, zi, service_names, lang),
+        "lang": lang.lang,
     }
 
 
 # -- renderers -------------------------------------------------------------------------------
 
 
-def _title(report: dict[str, Any]) -> str:
+def language_of(report: dict[str, Any]) -> Language:
+    """The language a report dict was built in (English for a dict without "lang")."""
+    return Language(report.get("lang") or DEFAULT_LANGUAGE)
+
+
+def _title(report: dict[str, Any], lang: Language) -> str:
     period = report["period"]
     if period["week"]:
-        return f"Sinkhole report, week {period['week']}"
-    return "Sinkhole report"
+        return lang._("Sinkhole report, week %(week)s", week=period["week"])
+    return lang._("Sinkhole report")
 
 
-def _period_line(report: dict[str, Any]) -> str:
+def _period_line(report: dict[str, Any], lang: Language) -> str:
     period = report["period"]
     zi = zone(period["timezone"])
     start = datetime.fromisoformat(period["start"]).astimezone(zi)
@@ -979,49 +1042,65 @@ def _period_line(report: dict[str, Any]) -> str:
     # The end is exclusive; a period ending at midnight reads better as the day before.
     last = end - timedelta(seconds=1)
     if start.time() == end.time() == datetime.min.time():
-        span = f"{start:%a %Y-%m-%d} to {last:%a %Y-%m-%d}"
-    else:
+        span = lang._(
+            "%(start)s to %(end)s",
+            start=lang.day(start.date(), WEEKDAYS[start.weekday()]),
+            end=lang.day(last.date(), WEEKDAYS[last.weekday()]),
+        )
+    elif lang.english:
         span = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} (end excluded)"
-    return f"{span}, time zone {period['timezone']}"
+    else:
+        span = lang._(
+            "%(start)s to %(end)s (end excluded)",
+            start=lang.moment(start, dated=True),
+            end=lang.moment(end, dated=True),
+        )
+    return lang._("%(span)s, time zone %(zone)s", span=span, zone=period["timezone"])
 
 
-def _empty_line(report: dict[str, Any]) -> str:
-    return EMPTY_WEEK if report["period"]["week"] else EMPTY_PERIOD
+def _empty_line(report: dict[str, Any], lang: Language) -> str:
+    return lang._(EMPTY_WEEK if report["period"]["week"] else EMPTY_PERIOD)
 
 
-def _empty_banner(report: dict[str, Any]) -> str:
+def _empty_banner(report: dict[str, Any], lang: Language) -> str:
     # "None blocked" is only evidence where the server was recording.
     if report["gaps"]:
-        return f"{_empty_line(report)} Recording had gaps in this period; see below."
-    return _empty_line(report)
+        return lang._(
+            "%(empty)s Recording had gaps in this period; see below.",
+            empty=_empty_line(report, lang),
+        )
+    return _empty_line(report, lang)
 
 
 def _is_empty(report: dict[str, Any]) -> bool:
     return report["totals"]["blocked"] == 0 and not report["bypass"]
 
 
-def _change(blocked: int, previous: int) -> str:
+def _change(blocked: int, previous: int, lang: Language) -> str:
     if previous == 0:
-        return "new" if blocked else "0"
+        return lang._("new") if blocked else lang.number(0)
     diff = blocked - previous
-    return f"{diff:+d} ({diff / previous:+.0%})"
+    return f"{lang.signed(diff)} ({lang.signed_percent(diff / previous)})"
 
 
-def _share(share: float | None) -> str:
-    return "n/a" if share is None else f"{share:.2%}"
+def _share(share: float | None, lang: Language) -> str:
+    return lang._("n/a") if share is None else lang.percent(share)
 
 
-def _num(value: int | None) -> str:
-    return "-" if value is None else str(value)
+def _num(value: int | None, lang: Language) -> str:
+    return "-" if value is None else lang.number(value)
 
 
-def _short_time(stamp: str | None) -> str:
+def _short_time(stamp: str | None, lang: Language) -> str:
     if stamp is None:
         return "-"
-    return datetime.fromisoformat(stamp).strftime("%a %Y-%m-%d %H:%M:%S %z")
+    when = datetime.fromisoformat(stamp)
+    if lang.english:
+        return when.strftime("%a %Y-%m-%d %H:%M:%S %z")
+    return f"{lang.moment(when, dated=True, seconds=True)} {when:%z}"
 
 
-def _odd_days(report: dict[str, Any]) -> list[str]:
+def _odd_days(report: dict[str, Any], lang: Language) -> list[str]:
     zi = zone(report["period"]["timezone"])
     notes = []
     for day in report["days"]:
@@ -1030,7 +1109,13 @@ def _odd_days(report: dict[str, Any]) -> list[str]:
         hi = datetime.combine(d + timedelta(days=1), datetime.min.time(), zi)
         hours = round((hi.timestamp() - lo.timestamp()) / 3600)
         if hours != 24:
-            notes.append(f"{day['weekday']} {day['date']} had {hours} hours (clock change).")
+            notes.append(
+                lang._(
+                    "%(day)s had %(hours)s hours (clock change).",
+                    day=lang.day(d, day["weekday"]),
+                    hours=hours,
+                )
+            )
     return notes
 
 
@@ -1039,15 +1124,18 @@ class _Name(str):
     shows it as a code span, where no autolink or emphasis can form."""
 
 
-def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+def _sections(
+    report: dict[str, Any], lang: Language | None = None
+) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, headers, rows, text when there are no rows) for every table of the report.
 
     Every cell is text without control characters: names from the wire as
     `display_name` renders them, everything else through `strip_controls`.
     """
+    lang = lang or language_of(report)
     return [
         (title, headers, [[_clean(c) for c in row] for row in rows], empty)
-        for title, headers, rows, empty in _raw_sections(report)
+        for title, headers, rows, empty in _raw_sections(report, lang)
     ]
 
 
@@ -1057,137 +1145,215 @@ def _clean(cell: str) -> str:
     return strip_controls(cell).replace("\n", " ")
 
 
-def _raw_sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+#: The gap kinds as the tables word them (the JSON keeps the kind itself).
+GAP_WORDS = {
+    GAP_DOWN: N_("server-down"),
+    GAP_BEHIND: N_("recorder-behind"),
+    GAP_NOT_YET: N_("not-yet-running"),
+}
+#: The changes of an imported list as the tables word them.
+LIST_CHANGE_WORDS = {
+    "imported": N_("imported"),
+    "updated": N_("updated"),
+    "removed": N_("removed"),
+}
+#: Section ids: the HTML report puts its charts by them, whatever the language.
+DAYS_SECTION, SERVICES_SECTION = 2, 1
+
+
+def _raw_sections(
+    report: dict[str, Any], lang: Language
+) -> list[tuple[str, list[str], list[list[str]], str]]:
+    _ = lang._
+    n = lang.number
     totals = report["totals"]
     clients_recorded = report["privacy"]["clients_listed"]
     summary = [
-        ["Blocked queries", str(totals["blocked"])],
-        ["Attempts", str(totals["attempts"])],
-        ["Distinct clients", _num(totals["clients"]) if clients_recorded else "not recorded"],
-        ["All queries", str(totals["queries"])],
-        ["Blocked share", _share(totals["blocked_share"])],
-        ["First attempt", _short_time(report["first_attempt"])],
-        ["Last attempt", _short_time(report["last_attempt"])],
+        [_("Blocked queries"), n(totals["blocked"])],
+        [_("Attempts"), n(totals["attempts"])],
+        [
+            _("Distinct clients"),
+            _num(totals["clients"], lang) if clients_recorded else _("not recorded"),
+        ],
+        [_("All queries"), n(totals["queries"])],
+        [_("Blocked share"), _share(totals["blocked_share"], lang)],
+        [_("First attempt"), _short_time(report["first_attempt"], lang)],
+        [_("Last attempt"), _short_time(report["last_attempt"], lang)],
     ]
     services = [
         [
             s["name"],
             s["id"],
-            str(s["blocked"]),
-            str(s["attempts"]),
-            _num(s["clients"]),
-            str(s["previous_week"]),
-            _change(s["blocked"], s["previous_week"]),
+            n(s["blocked"]),
+            n(s["attempts"]),
+            _num(s["clients"], lang),
+            n(s["previous_week"]),
+            _change(s["blocked"], s["previous_week"], lang),
         ]
         for s in report["services"]
     ]
     days = [
-        [d["weekday"], d["date"], str(d["blocked"]), str(d["attempts"]), str(d["queries"])]
+        [
+            lang.weekday(date.fromisoformat(d["date"]), d["weekday"]),
+            d["date"] if lang.english else lang.long_date(date.fromisoformat(d["date"])),
+            n(d["blocked"]),
+            n(d["attempts"]),
+            n(d["queries"]),
+        ]
         for d in report["days"]
     ]
     groups = [
-        [g["group"], str(g["blocked"]), str(g["attempts"]), _num(g["clients"])]
+        [g["group"], n(g["blocked"]), n(g["attempts"]), _num(g["clients"], lang)]
         for g in report["groups"]
     ]
     clients = [
-        [c["client"], c["group"], str(c["blocked"]), str(c["attempts"])]
-        for c in report["top_clients"]
+        [c["client"], c["group"], n(c["blocked"]), n(c["attempts"])] for c in report["top_clients"]
     ]
-    names = [[_Name(n["name"]), n["service"], str(n["blocked"])] for n in report["top_names"]]
+    names = [[_Name(x["name"]), x["service"], n(x["blocked"])] for x in report["top_names"]]
     bypass = [
-        [b["name"], b["id"], str(b["blocked"]), str(b["attempts"]), _num(b["clients"])]
+        [b["name"], b["id"], n(b["blocked"]), n(b["attempts"]), _num(b["clients"], lang)]
         for b in report["bypass"]
     ]
-    gaps = [[g["kind"], _short_time(g["start"]), _short_time(g["end"])] for g in report["gaps"]]
-    changes = report["changes"]
+    gaps = [
+        [
+            _(GAP_WORDS[g["kind"]]) if g["kind"] in GAP_WORDS else g["kind"],
+            _short_time(g["start"], lang),
+            _short_time(g["end"], lang),
+        ]
+        for g in report["gaps"]
+    ]
+    # A report dict from before the changes were reported (a stored JSON) has none.
+    changes = report.get("changes") or {
+        "new_services": [],
+        "lists": [],
+        "policy": [],
+        "policy_omitted": 0,
+    }
     new_services = [
         [
             s["name"],
             s["id"],
             s["category"] or "",
-            "yes" if s["enabled"] else "no",
-            _short_time(s["added"]),
+            _("yes") if s["enabled"] else _("no"),
+            _short_time(s["added"], lang),
         ]
         for s in changes["new_services"]
     ]
     list_changes = [
         [
             c["list"],
-            c["change"],
-            _short_time(c["at"]),
-            f"+{c['added']}",
-            "-" if c["removed"] is None else f"-{c['removed']}",
-            str(c["names"]),
+            _(LIST_CHANGE_WORDS.get(c["change"], c["change"])),
+            _short_time(c["at"], lang),
+            f"+{n(c['added'])}",
+            "-" if c["removed"] is None else f"-{n(c['removed'])}",
+            n(c["names"]),
             c["source"] or "",
         ]
         for c in changes["lists"]
     ]
     policy = [
-        [_short_time(c["at"]), c["user"] or "", c["command"], c["comment"] or ""]
+        [_short_time(c["at"], lang), c["user"] or "", c["command"], c["comment"] or ""]
         for c in changes["policy"]
     ]
     if changes["policy_omitted"]:
         policy.append(
-            ["", "", f"... and {changes['policy_omitted']} more: sinkhole lists history", ""]
+            [
+                "",
+                "",
+                _(
+                    "... and %(n)s more: sinkhole lists history",
+                    n=n(changes["policy_omitted"]),
+                ),
+                "",
+            ]
         )
     spans = _spans(report)
     if clients_recorded:
-        no_clients = "No clients."
+        no_clients = _("No clients.")
     elif any(p.clients in CLIENT_MODES for p in spans):
-        no_clients = "Clients are not listed in the current privacy mode: see the note below."
+        no_clients = _("Clients are not listed in the current privacy mode: see the note below.")
     else:
-        no_clients = f"Clients are not recorded (privacy mode: {report['privacy']['clients']})."
-    top_title = "Top clients"
+        no_clients = _(
+            "Clients are not recorded (privacy mode: %(mode)s).",
+            mode=report["privacy"]["clients"],
+        )
+    top_title = _("Top clients")
     if clients_recorded and len(_runs(spans)) > 1:
         zi = zone(report["period"]["timezone"])
         dated = spans[-1].end - spans[0].start > 7 * 86400
-        top_title = f"Top clients ({describe_modes(spans, zi, dated)})"
+        top_title = _("Top clients (%(modes)s)", modes=describe_modes(spans, zi, dated, lang))
     return [
-        ("Summary", ["", ""], summary, ""),
+        (_("Summary"), ["", ""], summary, ""),
         (
-            "Services",
-            ["Service", "Id", "Blocked", "Attempts", "Clients", "Previous", "Change"],
+            _("Services"),
+            [
+                _("Service"),
+                _("Id"),
+                _("Blocked"),
+                _("Attempts"),
+                _("Clients"),
+                _("Previous"),
+                _("Change"),
+            ],
             services,
-            _empty_line(report),
+            _empty_line(report, lang),
         ),
-        ("Per day", ["Day", "Date", "Blocked", "Attempts", "Queries"], days, ""),
         (
-            "Client groups",
-            ["Group", "Blocked", "Attempts", "Clients"],
+            _("Per day"),
+            [_("Day"), _("Date"), _("Blocked"), _("Attempts"), _("Queries")],
+            days,
+            "",
+        ),
+        (
+            _("Client groups"),
+            [_("Group"), _("Blocked"), _("Attempts"), _("Clients")],
             groups,
-            "Client groups are not recorded (privacy mode: none).",
+            _("Client groups are not recorded (privacy mode: none)."),
         ),
-        (top_title, ["Client", "Group", "Blocked", "Attempts"], clients, no_clients),
-        ("Top blocked names", ["Name", "Service", "Blocked"], names, "No blocked names."),
+        (top_title, [_("Client"), _("Group"), _("Blocked"), _("Attempts")], clients, no_clients),
         (
-            "Bypass attempts (DoH, Private Relay, canary domains)",
-            ["Bypass", "Id", "Blocked", "Attempts", "Clients"],
+            _("Top blocked names"),
+            [_("Name"), _("Service"), _("Blocked")],
+            names,
+            _("No blocked names."),
+        ),
+        (
+            _("Bypass attempts (DoH, Private Relay, canary domains)"),
+            [_("Bypass"), _("Id"), _("Blocked"), _("Attempts"), _("Clients")],
             bypass,
-            "No bypass attempts.",
+            _("No bypass attempts."),
         ),
         (
-            "Gaps in recording",
-            ["Kind", "From", "To"],
+            _("Gaps in recording"),
+            [_("Kind"), _("From"), _("To")],
             gaps,
-            "None: the server ran and recorded the whole period.",
+            _("None: the server ran and recorded the whole period."),
         ),
         (
-            "New catalog services",
-            ["Service", "Id", "Category", "Blocked", "Added"],
+            _("New catalog services"),
+            [_("Service"), _("Id"), _("Category"), _("Enabled"), _("First seen")],
             new_services,
-            "No service was added to the catalog.",
+            _("No service was added to the catalog."),
         ),
         (
-            "Imported lists",
-            ["List", "Change", "When", "Added", "Removed", "Names", "Source"],
+            _("Imported lists"),
+            [
+                _("List"),
+                _("Change"),
+                _("When"),
+                _("Added"),
+                _("Removed"),
+                _("Names"),
+                _("Source"),
+            ],
             list_changes,
-            "No list was imported, updated or removed.",
+            _("No list was imported, updated or removed."),
         ),
         (
-            "Policy changes",
-            ["When", "Who", "Command", "Why"],
+            _("Policy changes"),
+            [_("When"), _("Who"), _("Command"), _("Why")],
             policy,
-            "No other policy change.",
+            _("No other policy change."),
         ),
     ]
 
@@ -1210,7 +1376,7 @@ def _ts_of(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp).timestamp())
 
 
-def _day_privacy(report: dict[str, Any], day: str) -> str:
+def _day_privacy(report: dict[str, Any], day: str, lang: Language) -> str:
     """The modes of one local day for the CSV: "ip", or "ip until 14:10, hashed since"."""
     zi = zone(report["period"]["timezone"])
     d = date.fromisoformat(day)
@@ -1219,31 +1385,50 @@ def _day_privacy(report: dict[str, Any], day: str) -> str:
     runs = [r for r in _runs(_spans(report)) if r[0] < hi and r[1] > lo]
     if len(runs) == 1:
         return runs[0][2]
-    parts = [f"{m} until {datetime.fromtimestamp(end, zi):%H:%M}" for _, end, m in runs[:-1]]
-    return ", ".join([*parts, f"{runs[-1][2]} since"])
+    parts = [
+        lang._("%(mode)s until %(when)s", mode=m, when=f"{datetime.fromtimestamp(end, zi):%H:%M}")
+        for _, end, m in runs[:-1]
+    ]
+    return ", ".join([*parts, lang._("%(mode)s since", mode=runs[-1][2])])
 
 
-def _footer(report: dict[str, Any]) -> list[str]:
+def _footer(report: dict[str, Any], lang: Language) -> list[str]:
     privacy = report["privacy"]
     lines = [
-        f"Privacy mode: {privacy['clients']}; retention: {privacy['retention_days']} days. "
-        f"{privacy['note']}",
-        "An attempt is a run of one client's lookups of one service with no pause longer than "
-        f"{ATTEMPT_GAP_SECONDS // 60} minutes; blocked queries count every lookup.",
+        lang._(
+            "Privacy mode: %(mode)s; retention: %(days)s days. %(note)s",
+            mode=privacy["clients"],
+            days=lang.number(privacy["retention_days"]),
+            note=privacy["note"],
+        ),
+        lang._(
+            "An attempt is a run of one client's lookups of one service with no pause longer "
+            "than %(minutes)s minutes; blocked queries count every lookup.",
+            minutes=ATTEMPT_GAP_SECONDS // 60,
+        ),
     ]
-    return lines + _odd_days(report)
+    return lines + _odd_days(report, lang)
 
 
-def _numeric(cell: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?\d+(\.\d+)?%?( \([-+]?\d+%\))?|new|n/a|-", cell))
+#: A figure of the tables, right-aligned: "1234", "12.50%", "+3 (+25%)", and the French
+#: forms, "1 234" (narrow no-break space), "12,5 %", "+3 (+25 %)".
+_NUMERIC_RE = re.compile(
+    r"[-+]?\d[\d\u202f]*([.,]\d+)?([\u00a0\u202f]?%)?( \([-+]?\d+[\u00a0\u202f]?%\))?|-"
+)
+
+
+def _numeric(cell: str, lang: Language | None = None) -> bool:
+    words = {"new", "n/a"} if lang is None else {lang._("new"), lang._("n/a")}
+    return bool(_NUMERIC_RE.fullmatch(cell)) or cell in words
 
 
 def render_text(report: dict[str, Any]) -> str:
     """The report as aligned plain-text tables for a terminal or a text email."""
-    out = [_title(report), _period_line(report), ""]
+    lang = language_of(report)
+    out = [_title(report, lang), _period_line(report, lang), ""]
     if _is_empty(report):
-        out += [_empty_banner(report), ""]
-    for title, headers, rows, empty in _sections(report):
+        out += [_empty_banner(report, lang), ""]
+    for title, headers, rows, empty in _sections(report, lang):
         out += [title, "-" * len(title)]
         if not rows:
             out += [empty, ""]
@@ -1252,14 +1437,14 @@ def render_text(report: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
         for n, row in enumerate(table):
             cells = [
-                c.rjust(w) if _numeric(c) and (n or not any(headers)) else c.ljust(w)
+                c.rjust(w) if _numeric(c, lang) and (n or not any(headers)) else c.ljust(w)
                 for c, w in zip(row, widths, strict=True)
             ]
             out.append("  ".join(cells).rstrip())
             if n == 0 and any(headers):
                 out.append("  ".join("-" * w for w in widths))
         out.append("")
-    out += _footer(report)
+    out += _footer(report, lang)
     return "\n".join(out) + "\n"
 
 
@@ -1271,24 +1456,25 @@ def _md_cell(text: str) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables for a wiki page or a ticket."""
-    out = [f"# {_title(report)}", "", _period_line(report), ""]
+    lang = language_of(report)
+    out = [f"# {_title(report, lang)}", "", _period_line(report, lang), ""]
     if _is_empty(report):
-        out += [f"**{_empty_banner(report)}**", ""]
-    for title, headers, rows, empty in _sections(report):
+        out += [f"**{_empty_banner(report, lang)}**", ""]
+    for title, headers, rows, empty in _sections(report, lang):
         out += [f"## {title}", ""]
         if not rows:
             out += [empty, ""]
             continue
-        heads = headers if any(headers) else ["Figure", "Value"]
+        heads = headers if any(headers) else [lang._("Figure"), lang._("Value")]
         out.append("| " + " | ".join(_md_cell(h) for h in heads) + " |")
         out.append(
             "|"
-            + "|".join("---:" if _numeric(rows[0][i]) else "---" for i in range(len(heads)))
+            + "|".join("---:" if _numeric(rows[0][i], lang) else "---" for i in range(len(heads)))
             + "|"
         )
         out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
         out.append("")
-    out += [f"_{_md_cell(line)}_" for line in _footer(report)]
+    out += [f"_{_md_cell(line)}_" for line in _footer(report, lang)]
     return "\n".join(out) + "\n"
 
 
@@ -1321,14 +1507,19 @@ def _h(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _days_svg(days: list[dict[str, Any]]) -> str:
+def days_svg(days: list[dict[str, Any]], lang: str = DEFAULT_LANGUAGE) -> str:
+    """Blocked queries per day as an inline SVG bar chart (the html report's and the
+    dashboard's), its labels and tooltips in `lang`."""
+    tr = Language(lang)
+    chart_title = tr._("Blocked queries per day")
     width, height, top, bottom = 680, 190, 18, 34
     slot = (width - 20) / max(len(days), 1)
     bar_w = slot * 0.62
     peak = max([d["blocked"] for d in days] + [1])
     parts = [
         f'<svg class="chart chart-days" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="Blocked queries per day">',
+        f'xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'aria-label="{_h(chart_title)}">',
         f'<line class="axis" x1="10" y1="{height - bottom}" x2="{width - 10}" '
         f'y2="{height - bottom}"/>',
     ]
@@ -1337,72 +1528,89 @@ def _days_svg(days: list[dict[str, Any]]) -> str:
         x = 10 + i * slot + (slot - bar_w) / 2
         y = height - bottom - h
         cx = x + bar_w / 2
+        day = date.fromisoformat(d["date"])
+        tip = tr._(
+            "%(date)s: %(blocked)s blocked, %(attempts)s attempts",
+            date=d["date"] if tr.english else tr.long_date(day),
+            blocked=tr.number(d["blocked"]),
+            attempts=tr.number(d["attempts"]),
+        )
         parts.append(
             f'<rect class="bar" data-date="{_h(d["date"])}" data-blocked="{d["blocked"]}" '
             f'data-attempts="{d["attempts"]}" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
-            f'height="{h:.1f}"><title>{_h(d["date"])}: {d["blocked"]} blocked, '
-            f"{d['attempts']} attempts</title></rect>"
+            f'height="{h:.1f}"><title>{_h(tip)}</title></rect>'
         )
         parts.append(
-            f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">{d["blocked"]}</text>'
+            f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
+            f"{_h(tr.number(d['blocked']))}</text>"
         )
         parts.append(
             f'<text x="{cx:.1f}" y="{height - bottom + 13}" text-anchor="middle">'
-            f"{_h(d['weekday'])}</text>"
+            f"{_h(tr.weekday(day, d['weekday']))}</text>"
         )
+        label = d["date"][5:] if tr.english else f"{day.day:02d}/{day.month:02d}"
         parts.append(
-            f'<text x="{cx:.1f}" y="{height - bottom + 25}" text-anchor="middle">'
-            f"{_h(d['date'][5:])}</text>"
+            f'<text x="{cx:.1f}" y="{height - bottom + 25}" text-anchor="middle">{_h(label)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _services_svg(services: list[dict[str, Any]]) -> str:
+def services_svg(services: list[dict[str, Any]], lang: str = DEFAULT_LANGUAGE) -> str:
+    """Blocked queries per service as an inline SVG bar chart, labels in `lang`."""
+    tr = Language(lang)
+    chart_title = tr._("Blocked queries per service")
     width, row, label_w = 680, 22, 210
     height = row * len(services) + 8
     peak = max([s["blocked"] for s in services] + [1])
     span = width - label_w - 60
     parts = [
         f'<svg class="chart chart-services" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="Blocked queries per service">'
+        f'xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'aria-label="{_h(chart_title)}">'
     ]
     for i, s in enumerate(services):
         y = 4 + i * row
         w = span * s["blocked"] / peak
+        tip = tr._(
+            "%(service)s: %(blocked)s blocked", service=s["name"], blocked=tr.number(s["blocked"])
+        )
         parts.append(
             f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{_h(s["name"])}</text>'
         )
         parts.append(
             f'<rect class="bar" data-service="{_h(s["id"])}" data-blocked="{s["blocked"]}" '
             f'data-attempts="{s["attempts"]}" x="{label_w}" y="{y + 3}" width="{w:.1f}" '
-            f'height="{row - 8}"><title>{_h(s["name"])}: {s["blocked"]} blocked</title></rect>'
+            f'height="{row - 8}"><title>{_h(tip)}</title></rect>'
         )
-        parts.append(f'<text x="{label_w + w + 5:.1f}" y="{y + 14}">{s["blocked"]}</text>')
+        parts.append(
+            f'<text x="{label_w + w + 5:.1f}" y="{y + 14}">{_h(tr.number(s["blocked"]))}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The report as one self-contained, printable HTML page: inline CSS and SVG, no scripts."""
-    title = _title(report)
+    lang = language_of(report)
+    title = _title(report, lang)
     out = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        f'<html lang="{lang.lang}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_h(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_h(title)}</h1>",
-        f'<p class="period">{_h(_period_line(report))}</p>',
+        f'<p class="period">{_h(_period_line(report, lang))}</p>',
     ]
     if _is_empty(report):
-        out.append(f'<p class="empty">{_h(_empty_banner(report))}</p>')
+        out.append(f'<p class="empty">{_h(_empty_banner(report, lang))}</p>')
     charts = {
-        "Per day": _days_svg(report["days"]),
-        "Services": _services_svg(report["services"]) if report["services"] else "",
+        DAYS_SECTION: days_svg(report["days"], lang.lang),
+        SERVICES_SECTION: services_svg(report["services"], lang.lang) if report["services"] else "",
     }
-    for title_, headers, rows, empty in _sections(report):
+    for i, (title_, headers, rows, empty) in enumerate(_sections(report, lang)):
         out.append(f"<section><h2>{_h(title_)}</h2>")
-        out.append(charts.get(title_, ""))
+        out.append(charts.get(i, ""))
         if not rows:
             out.append(f"<p>{_h(empty)}</p></section>")
             continue
@@ -1411,7 +1619,7 @@ def render_html(report: dict[str, Any]) -> str:
             out.append(
                 "<thead><tr>"
                 + "".join(
-                    f'<th class="{"n" if _numeric(rows[0][i]) else ""}">{_h(h)}</th>'
+                    f'<th class="{"n" if _numeric(rows[0][i], lang) else ""}">{_h(h)}</th>'
                     for i, h in enumerate(headers)
                 )
                 + "</tr></thead>"
@@ -1420,28 +1628,43 @@ def render_html(report: dict[str, Any]) -> str:
         for row in rows:
             out.append(
                 "<tr>"
-                + "".join(f'<td class="{"n" if _numeric(c) else ""}">{_h(c)}</td>' for c in row)
+                + "".join(
+                    f'<td class="{"n" if _numeric(c, lang) else ""}">{_h(c)}</td>' for c in row
+                )
                 + "</tr>"
             )
         out.append("</tbody></table></section>")
-    out += [f'<p class="note">{_h(line)}</p>' for line in _footer(report)]
+    out += [f'<p class="note">{_h(line)}</p>' for line in _footer(report, lang)]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 CSV_COLUMNS = ("date", "service", "category", "group", "blocked", "attempts")
+#: The CSV's header row in the report's language (the English one is the column keys).
+CSV_HEADERS = {
+    "date": N_("date"),
+    "service": N_("service"),
+    "category": N_("category"),
+    "group": N_("group"),
+    "blocked": N_("blocked"),
+    "attempts": N_("attempts"),
+    "privacy": N_("privacy"),
+}
 
 
 def render_csv(report: dict[str, Any]) -> str:
     """One row per (local day, service, client group) with blocked queries and attempts,
-    and the privacy mode(s) the day's hits are stored with."""
+    and the privacy mode(s) the day's hits are stored with. The header and the privacy
+    column are in the report's language; dates stay ISO and counts plain integers, which
+    every spreadsheet reads whatever its language."""
+    lang = language_of(report)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow((*CSV_COLUMNS, "privacy"))
+    writer.writerow([lang._(CSV_HEADERS[c]) for c in (*CSV_COLUMNS, "privacy")])
     modes: dict[str, str] = {}
     for row in report["breakdown"]:
         if row["date"] not in modes:
-            modes[row["date"]] = _day_privacy(report, row["date"])
+            modes[row["date"]] = _day_privacy(report, row["date"], lang)
         cells = [
             csv_cell(strip_controls(str(row[c]))) if row[c] is not None else "" for c in CSV_COLUMNS
         ]

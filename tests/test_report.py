@@ -88,6 +88,7 @@ SCHEMA_KEYS = {
     "privacy",
     "gaps",
     "changes",
+    "lang",
 }
 # Far after every test period, so the retention note stays out of the way unless wanted.
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
