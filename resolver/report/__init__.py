@@ -1,13 +1,15 @@
 """Weekly report of blocked attempts: SQL aggregation over hits and traffic, and its renderers.
 
 `from resolver import report as rpt` gives the whole of it: the periods (`periods`), the
-figures (`queries.build_report`, one function per section), the tables every human format
-shares (`tables`), and one module per format (`text` for text and Markdown, `htmlpage`
-for HTML and its SVG charts, `csvfile`, `jsonfile`).
+figures (`queries.build_report`, one function per section; `changes` for the policy
+changes of the period), the tables every human format shares (`tables`), and one module
+per format (`text` for text and Markdown, `htmlpage` for HTML and its SVG charts,
+`csvfile`, `jsonfile`).
 """
 
 from __future__ import annotations
 
+from resolver.report.changes import MAX_CHANGES, policy_changes
 from resolver.report.csvfile import CSV_COLUMNS, CSV_HEADERS, render_csv
 from resolver.report.htmlpage import days_svg, render_html, services_svg
 from resolver.report.jsonfile import render_json
@@ -28,7 +30,6 @@ from resolver.report.queries import (
     GAP_DOWN,
     GAP_NOT_YET,
     GAP_SETTLE_SECONDS,
-    MAX_CHANGES,
     OTHER_GROUP,
     PRIVACY_MODES,
     SCHEMA_VERSION,
@@ -71,6 +72,7 @@ __all__ = [
     "days_svg",
     "describe_modes",
     "language_of",
+    "policy_changes",
     "local_timezone",
     "parse_range",
     "render_csv",

@@ -4,7 +4,6 @@ function per section of the schema-1 dict (docs/report.md)."""
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -16,6 +15,7 @@ from resolver.errors import SinkholeError, StoreError
 from resolver.i18n import DEFAULT_LANGUAGE, Language
 from resolver.presentation import display_name
 from resolver.privacy import Period, periods, read_trail
+from resolver.report.changes import policy_changes
 from resolver.report.notes import CLIENT_MODES, privacy_note
 from resolver.report.periods import MAX_PERIOD_DAYS, WEEKDAYS, day_bounds, day_case, iso_week, zone
 from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
@@ -276,140 +276,6 @@ def _blocked_by_service(
             f"""SELECT svc, MAX(NULLIF(cat, '')), SUM(blocked) FROM ({" UNION ALL ".join(parts)})
                 WHERE cat IS NOT '{BYPASS_CATEGORY}' GROUP BY svc"""
         )
-    }
-
-
-#: Policy changes the report lists one by one; the rest are counted (`lists history`).
-MAX_CHANGES = 50
-#: `sinkhole lists import|update|remove ...` as `command_line` writes it into the audit trail.
-_LIST_COMMAND_RE = re.compile(r"^\S+ lists (import|update|remove)(?: |$)")
-#: The detail `Store.import_list` writes: "NAME from SOURCE: N names", "(+A -R)" on a change.
-_LIST_DETAIL_RE = re.compile(
-    r"^(?P<list>\S+) from (?P<source>.*): (?P<names>\d+) names"
-    r"(?: \(\+(?P<added>\d+) -(?P<removed>\d+)\))?$"
-)
-
-
-def _utc_text(ts: int) -> str:
-    """A moment as the audit trail and `lists.added` write it (store.utcnow_text)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _local_text(stamp: str, zi: ZoneInfo) -> str:
-    return datetime.fromisoformat(stamp).astimezone(zi).isoformat()
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _changes(
-    conn: sqlite3.Connection,
-    t0: int,
-    t1: int,
-    zi: ZoneInfo,
-    service_names: dict[str, str],
-    lang: Language,
-) -> dict[str, Any]:
-    """What changed in the policy in [t0, t1): catalog services first seen (an upgrade or a
-    catalog edit, at a start or reload), imported lists imported, updated or removed, and
-    the other policy changes of the audit trail, the first MAX_CHANGES of them."""
-    lo, hi = _utc_text(t0), _utc_text(t1)
-    services = []
-    # A database of the report tables alone (tests, a copy for an auditor) has no policy.
-    if "added" in _columns(conn, "lists"):
-        services = [
-            {
-                "id": sid,
-                "name": _service_name(sid, service_names, lang),
-                "category": category,
-                "enabled": bool(enabled),
-                "added": _local_text(added, zi),
-            }
-            for sid, category, enabled, added in conn.execute(
-                "SELECT name, category, enabled, added FROM lists WHERE kind = 'service' "
-                "AND added IS NOT NULL AND added >= ? AND added < ? ORDER BY added, name",
-                (lo, hi),
-            )
-        ]
-    lists: list[dict[str, Any]] = []
-    policy: list[dict[str, Any]] = []
-    omitted = 0
-    rows = []
-    if _columns(conn, "audit"):
-        rows = conn.execute(
-            "SELECT id, ts, user, command, comment, detail FROM audit "
-            "WHERE ts >= ? AND ts < ? ORDER BY id",
-            (lo, hi),
-        ).fetchall()
-    for row_id, ts, user, command, comment, detail in rows:
-        verb = _LIST_COMMAND_RE.match(command or "")
-        event = _list_event(conn, verb[1], row_id, detail or "") if verb else None
-        if event is not None:
-            lists.append(
-                {**event, "at": _local_text(ts, zi), "user": user, "comment": comment or None}
-            )
-        elif len(policy) < MAX_CHANGES:
-            policy.append(
-                {
-                    "at": _local_text(ts, zi),
-                    "user": user,
-                    "command": command,
-                    "comment": comment or None,
-                    "detail": detail or None,
-                }
-            )
-        else:
-            omitted += 1
-    return {"new_services": services, "lists": lists, "policy": policy, "policy_omitted": omitted}
-
-
-def _list_event(
-    conn: sqlite3.Connection, verb: str, row_id: int, detail: str
-) -> dict[str, Any] | None:
-    """One imported list's change from its audit row; None if the row says too little."""
-    if verb == "remove":
-        name = detail.strip()
-        if not name:
-            return None
-        # How many names it had: the last import or update of it before the removal.
-        names = None
-        for (earlier,) in conn.execute(
-            "SELECT detail FROM audit WHERE id < ? AND detail LIKE ? ORDER BY id DESC",
-            (row_id, f"{name} from %"),
-        ):
-            m = _LIST_DETAIL_RE.match(earlier or "")
-            if m and m["list"] == name:
-                names = int(m["names"])
-                break
-        return {
-            "list": name,
-            "change": "removed",
-            "source": None,
-            "added": 0,
-            "removed": names,
-            "names": 0,
-        }
-    m = _LIST_DETAIL_RE.match(detail)
-    if not m:
-        return None
-    names = int(m["names"])
-    if m["added"] is None:  # a first import: every name is new
-        return {
-            "list": m["list"],
-            "change": "imported",
-            "source": m["source"],
-            "added": names,
-            "removed": 0,
-            "names": names,
-        }
-    return {
-        "list": m["list"],
-        "change": "updated",
-        "source": m["source"],
-        "added": int(m["added"]),
-        "removed": int(m["removed"]),
-        "names": names,
     }
 
 
@@ -776,6 +642,6 @@ def _query_report(
         "last_attempt": last,
         "privacy": privacy_section(s, privacy, approximate, retention_days, now),
         "gaps": _gaps(conn, t0, min(t1, max(t0, now_ts)), zi, now_ts),
-        "changes": _changes(conn, t0, t1, zi, service_names, lang),
+        "changes": policy_changes(conn, t0, t1, zi, s.service_name),
         "lang": lang.lang,
     }
