@@ -6,6 +6,7 @@ import argparse
 import os
 import random
 import resource
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -204,7 +205,7 @@ def main() -> None:
         f"({WEEK}, {TZ}) of {args.hits:,} hit rows from 300 clients and 50 services, "
         f"database {size / 1e6:.0f} MB; {os.cpu_count()} cores, load average "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; SQLite "
-        f"{rpt.sqlite3.sqlite_version}, Python {sys.version.split()[0]}.",
+        f"{sqlite3.sqlite_version}, Python {sys.version.split()[0]}.",
         "",
         "| build_report | wall s | CPU s |",
         "| --- | ---: | ---: |",

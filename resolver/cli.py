@@ -719,6 +719,11 @@ def hits(config_path, db, since, limit, as_json) -> None:
 @click.option(
     "--top", default=10, show_default=True, type=click.IntRange(1, 1000), help="Top rows."
 )
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "fr"]),
+    help="Language of the report and its mail (default: report.lang of the config, else en).",
+)
 def report(
     config_path: str | None,
     db: str | None,
@@ -730,6 +735,7 @@ def report(
     output: str | None,
     mail_to: tuple[str, ...],
     top: int,
+    lang: str | None,
 ) -> None:
     """Report of blocked attempts per service, day and group, with gaps in recording.
 
@@ -760,6 +766,7 @@ def report(
         groups={label: list(g.networks) for label, g in config.clients.groups.items()},
         service_names={sid: s.name for sid, s in catalog.services.items()},
         top=top,
+        lang=lang or config.report.lang,
     )
     text = rpt.RENDERERS[fmt](data)
     if output:

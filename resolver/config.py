@@ -31,6 +31,8 @@ DEFAULT_ALLOW_NETWORKS = (
 SINKHOLE_MODES = ("null", "ip", "nxdomain", "nodata", "refused")
 PRIVACY_MODES = ("ip", "hashed", "group", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: resolver.i18n.LANGUAGES, repeated so that reading a config never imports Babel.
+REPORT_LANGUAGES = ("en", "fr")
 RESOLV_CONF = "/etc/resolv.conf"
 
 
@@ -127,6 +129,13 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """`report:` the weekly report's and its mail's language."""
+
+    lang: str = "en"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; every field has a working default."""
 
@@ -152,6 +161,7 @@ class Config:
     version_string: str | None = None
     catalog: str | None = None
     web: WebConfig = field(default_factory=WebConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with the given top-level fields replaced (CLI options)."""
@@ -492,6 +502,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     version_string = top.string("version_string", None, allow_none=True)
     catalog = top.string("catalog", None, allow_none=True)
     web = _web_config(top.section("web"))
+    rep = top.section("report")
+    report = ReportConfig(lang=rep.choice("lang", "en", REPORT_LANGUAGES))
+    rep.finish()
     top.finish()
     return Config(
         path=source,
@@ -516,6 +529,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         version_string=version_string,
         catalog=catalog,
         web=web,
+        report=report,
     )
 
 

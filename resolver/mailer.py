@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from datetime import date
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
 from resolver.errors import SinkholeError
-from resolver.report import render_html, render_text
+from resolver.report import language_of, render_html, render_text
 
 #: Long enough for a slow relay, short enough that a weekly timer never hangs.
 SMTP_TIMEOUT_SECONDS = 30
@@ -19,12 +20,24 @@ DEFAULT_FROM = "sinkhole@localhost"
 
 
 def default_subject(report: dict[str, Any]) -> str:
-    """The subject line of a report mail: the week, or the period's first and last day."""
+    """The subject line of a report mail, in the report's language: the week, or the
+    period's first day."""
+    lang = language_of(report)
     period = report["period"]
     blocked = report["totals"]["blocked"]
-    when = f"week {period['week']}" if period["week"] else f"{period['start'][:10]} onwards"
-    noun = "query" if blocked == 1 else "queries"
-    return f"Sinkhole report, {when}: {blocked} blocked {noun}"
+    if period["week"]:
+        when = lang._("week %(week)s", week=period["week"])
+    else:
+        start = date.fromisoformat(period["start"][:10])
+        when = lang._(
+            "%(day)s onwards", day=start.isoformat() if lang.english else lang.long_date(start)
+        )
+    return lang.ngettext(
+        "Sinkhole report, %(when)s: %(n)s blocked query",
+        "Sinkhole report, %(when)s: %(n)s blocked queries",
+        blocked,
+        when=when,
+    )
 
 
 def build_message(
@@ -39,6 +52,8 @@ def build_message(
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
     msg.set_content(render_text(report))
     msg.add_alternative(render_html(report), subtype="html")
+    # After the parts: set_content clears every Content-* header of the message.
+    msg["Content-Language"] = language_of(report).lang  # RFC 3282
     return msg
 
 

@@ -196,3 +196,69 @@ def test_no_recipient_or_host_is_refused_before_connecting(report: dict[str, Any
         send_report(report, to=[], smtp=smtp_config(free_port()))
     with pytest.raises(SinkholeError, match="smtp.host"):
         send_report(report, to=["it@example.org"], smtp={"port": 25})
+
+
+def test_french_mail_from_the_config_through_the_cli(
+    smtpd: tuple[_LoopbackController, _Inbox], tmp_path: Path
+) -> None:
+    """`report.lang: fr` in the config: `sinkhole report --mail-to` sends the French report,
+    subject included, to a real SMTP server."""
+    import yaml
+
+    from resolver.store import Store
+    from tests.conftest import run_cli
+
+    controller, inbox = smtpd
+    db = tmp_path / "store.db"
+    Store(db).close()
+    start, _ = rpt.week_bounds("2026-W13", "Europe/Paris")
+    with sqlite3.connect(db) as conn:  # one blocked query, Monday 09:00
+        conn.execute(
+            "INSERT INTO hits (ts, client, client_group, qname, qtype, service, category, rule,"
+            " action) VALUES (?, '10.1.9.7', NULL, 'chatgpt.com', 'A', 'openai-chatgpt',"
+            " 'ai-chatbots', 'chatgpt.com', 'null')",
+            (int(start.timestamp()) + 9 * 3600,),
+        )
+    conn.close()
+    config = tmp_path / "sinkhole.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": str(db),
+                "timezone": "Europe/Paris",
+                "report": {"lang": "fr"},
+                "smtp": smtp_config(controller.port),
+            }
+        )
+    )
+    env = {"SINKHOLE_CONFIG": str(config), "SINKHOLE_DB": str(db)}
+    r = run_cli("report", "--week", "2026-W13", "--mail-to", "dpo@example.org", env=env)
+    assert r.returncode == 0, r.stderr
+    (_, rcpts, msg) = inbox.messages[0]
+    assert rcpts == ["dpo@example.org"]
+    assert msg["Subject"] == "Rapport sinkhole, semaine 2026-W13\u00a0: 1 requête bloquée"
+    assert msg["Content-Language"] == "fr"
+    parts = {p.get_content_type(): p.get_content().replace("\r\n", "\n") for p in msg.iter_parts()}
+    text, page = parts["text/plain"], parts["text/html"]
+    assert text.startswith("Rapport sinkhole, semaine 2026-W13\n")
+    assert "du lun. 23 mars 2026 au dim. 29 mars 2026" in text
+    assert "\nRésumé\n" in text and "Requêtes bloquées" in text and "Blocked" not in text
+    assert '<html lang="fr">' in page and "<h2>Par jour</h2>" in page
+    # --lang on the command line beats the config, for the subject too.
+    r = run_cli(
+        "report", "--week", "2026-W13", "--lang", "en", "--mail-to", "it@example.org", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert inbox.messages[1][2]["Subject"] == "Sinkhole report, week 2026-W13: 1 blocked query"
+
+
+def test_french_subject_counts_in_french(report: dict[str, Any]) -> None:
+    from resolver.mailer import default_subject
+
+    fr = {**report, "lang": "fr", "totals": {**report["totals"], "blocked": 12345}}
+    assert (
+        default_subject(fr)
+        == "Rapport sinkhole, semaine 2026-W13\u00a0: 12\u202f345 requêtes bloquées"
+    )
+    fr["period"] = {**fr["period"], "week": None}
+    assert default_subject(fr).startswith("Rapport sinkhole, à partir du 23 mars 2026\u00a0: ")

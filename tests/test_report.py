@@ -77,6 +77,8 @@ SCHEMA_KEYS = {
     "last_attempt",
     "privacy",
     "gaps",
+    "changes",
+    "lang",
 }
 # Far after every test period, so the retention note stays out of the way unless wanted.
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -1340,7 +1342,7 @@ def test_hits_at_local_midnights_and_week_bounds(
 ) -> None:
     start, end = rpt.week_bounds(week, tz)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
-    midnights = [lo for _, lo, _ in rpt._day_bounds(t0, t1, ZoneInfo(tz))] + [t1]
+    midnights = [lo for _, lo, _ in rpt.day_bounds(t0, t1, ZoneInfo(tz))] + [t1]
     rng = random.Random(t0)
     hits: list[Hit] = []
     for m in midnights:

@@ -9,6 +9,7 @@ a browser or a driver.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -364,3 +365,85 @@ def test_the_french_pages(office, browser):
     browser.save_screenshot(str(ARTIFACTS / "french-services.png"))
     browser.get(web.url + "/")
     browser.save_screenshot(str(ARTIFACTS / "french-overview.png"))
+
+
+def test_the_french_report_page_and_charts(office, browser):
+    """The report page, the report in its frame and the charts' titles and tooltips, in
+    French: figures and dates as French writes them, from the data of last week."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from resolver import report as rpt
+
+    dns_server, web = office
+    db = dns_server.config["database"]
+    start, _ = rpt.week_bounds(None, TZ)  # the page's default: the last complete week
+    tuesday = start + timedelta(days=1, hours=12)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO hits (ts, client, qname, qtype, service, category, rule, action, count)"
+            " VALUES (?, '127.0.0.7', 'chatgpt.com', 'A', 'openai-chatgpt', 'ai-chatbots',"
+            " 'chatgpt.com', 'null', 1234)",
+            (int(tuesday.timestamp()),),
+        )
+        # And one today, for the overview's charts.
+        conn.execute(
+            "INSERT INTO hits (ts, client, qname, qtype, service, category, rule, action, count)"
+            " VALUES (?, '127.0.0.7', 'claude.ai', 'A', 'anthropic-claude', 'ai-chatbots',"
+            " 'claude.ai', 'null', 2)",
+            (int(time.time()) - 30,),
+        )
+    conn.close()
+    log_in(browser, web, VIEWER, "/report")
+    browser.get(web.url + "/report?lang=fr")
+    wait = WebDriverWait(browser, PAGE_WAIT)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "fr")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Rapport hebdomadaire"
+    blocked = browser.find_element(By.ID, "report-blocked").text
+    assert "1\u202f234" in blocked and "requêtes bloquées" in blocked, blocked
+    links = [
+        a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, ".downloads a")
+    ]
+    assert links and all("lang=fr" in href for href in links)
+    frame = browser.find_element(By.CSS_SELECTOR, "iframe.report-frame")
+    browser.switch_to.frame(frame)
+    try:
+        wait.until(lambda d: d.find_elements(By.TAG_NAME, "h2"))
+        year, week, _ = start.isocalendar()
+        assert browser.find_element(By.TAG_NAME, "h1").text == (
+            f"Rapport sinkhole, semaine {year}-W{week:02d}"
+        )
+        headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+        assert headings[:3] == ["Résumé", "Services", "Par jour"]
+        assert "Modifications de la politique" in headings
+        cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
+        assert "Requêtes bloquées" in cells and "1\u202f234" in cells
+        chart = browser.find_element(By.CSS_SELECTOR, "svg.chart-days")
+        assert chart.get_attribute("aria-label") == "Requêtes bloquées par jour"
+        bar = browser.find_element(By.CSS_SELECTOR, f'rect.bar[data-date="{tuesday.date()}"]')
+        tip = bar.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+        months = (
+            "janvier février mars avril mai juin juillet août septembre octobre novembre décembre"
+        )
+        day = tuesday.astimezone(ZoneInfo(TZ)).date()
+        date_fr = f"{day.day} {months.split()[day.month - 1]} {day.year}"
+        assert re.fullmatch(rf"{date_fr}\u00a0: 1\u202f234 bloquées, 1 tentatives?", tip), tip
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "french-report.png"))
+    finally:
+        browser.switch_to.default_content()
+    # The overview's charts: the day chart of the week and the hour chart of 24 hours.
+    browser.get(web.url + "/?range=week")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.chart-services"))
+    services = browser.find_element(By.CSS_SELECTOR, "svg.chart-services")
+    assert services.get_attribute("aria-label") == "Requêtes bloquées par service"
+    title = services.find_element(By.CSS_SELECTOR, "rect.bar title").get_attribute("textContent")
+    assert title.endswith("\u00a0: 2 bloquées"), title
+    browser.get(web.url + "/?range=24h")
+    hours = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "svg.chart-hours"))
+    assert hours.get_attribute("aria-label") == "Requêtes bloquées par heure"
+    tips = [
+        t.get_attribute("textContent")
+        for t in hours.find_elements(By.CSS_SELECTOR, "rect.bar title")
+    ]
+    assert any(re.search(r"\u00a0: 2 bloquées, 1 tentatives?$", t) for t in tips), tips

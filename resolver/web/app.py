@@ -418,7 +418,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     # Each report has its own connection, and SQLite lets go of the GIL while it reads: on
     # two cores the page takes as long as its longest report, not their sum.
     futures = {
-        name: REPORT_POOL.submit(data.report_for, web.config, web.catalog, a, b)
+        name: REPORT_POOL.submit(data.report_for, web.config, web.catalog, a, b, lang)
         for name, (a, b) in periods.items()
     }
     reports = {name: f.result() for name, f in futures.items()}
@@ -426,7 +426,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     week = reports.get("week", chosen)
     if key == "24h":
         bars = data.hourly_trend(web.config.database, int(start.timestamp()), int(end.timestamp()))
-        trend = charts.hours_svg(bars, web.tz)
+        trend = charts.hours_svg(bars, web.tz, lang)
     else:
         trend = charts.days_svg(chosen["days"], lang)
     return {
@@ -438,7 +438,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
         "week": week["totals"],
         "report": chosen,
         "trend_svg": trend,
-        "services_svg": charts.services_svg(chosen["services"][:10]),
+        "services_svg": charts.services_svg(chosen["services"][:10], lang),
     }
 
 
@@ -773,7 +773,9 @@ async def api_report(request: Request) -> Response:
     if fmt not in REPORT_FORMATS:
         raise HTTPException(400, f"format must be one of {', '.join(REPORT_FORMATS)}")
     start, end = report_period(request, web)
-    report = await run_in_threadpool(data.report_for, web.config, web.catalog, start, end)
+    report = await run_in_threadpool(
+        data.report_for, web.config, web.catalog, start, end, language(request)
+    )
     text = rpt.RENDERERS[fmt](report)
     media, ext = REPORT_FORMATS[fmt]
     label = report["period"]["week"] or report["period"]["start"][:10]
@@ -789,8 +791,11 @@ async def api_report(request: Request) -> Response:
 async def report_page(request: Request) -> Response:
     web = web_of(request)
     start, end = report_period(request, web)
-    report = await run_in_threadpool(data.report_for, web.config, web.catalog, start, end)
+    lang = language(request)
+    report = await run_in_threadpool(data.report_for, web.config, web.catalog, start, end, lang)
     q = {k: v for k, v in request.query_params.items() if k in ("week", "since", "until")}
+    # The report in its frame and the downloads in the page's language.
+    q["lang"] = lang
     zi = rpt.zone(web.tz)
     now = datetime.now(zi)
     weeks = []

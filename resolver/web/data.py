@@ -27,8 +27,11 @@ STREAM_BATCH = 200
 HIT_COLUMNS = "id, ts, client, client_group, qname, qtype, service, category, rule, action, count"
 
 
-def report_for(config: Config, catalog: Catalog, start: datetime, end: datetime) -> dict:
-    """The report's dict for [start, end), exactly as `sinkhole report --format json`."""
+def report_for(
+    config: Config, catalog: Catalog, start: datetime, end: datetime, lang: str = "en"
+) -> dict:
+    """The report's dict for [start, end), exactly as `sinkhole report --format json
+    --lang LANG`."""
     return rpt.build_report(
         config.database,
         start=start,
@@ -38,6 +41,7 @@ def report_for(config: Config, catalog: Catalog, start: datetime, end: datetime)
         retention_days=config.privacy.retention_days,
         groups={label: list(g.networks) for label, g in config.clients.groups.items()},
         service_names={sid: s.name for sid, s in catalog.services.items()},
+        lang=lang,
     )
 
 

@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import gettext
-import io
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from babel import Locale
 from babel.core import negotiate_locale
 from babel.dates import format_datetime
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, format_percent
-from babel.support import Translations
 
+from resolver.i18n import DEFAULT_LANGUAGE, LANGUAGES, load_translations, percent_pattern
+
+#: The dashboard's own catalogues; the report's are in resolver/locale (resolver.i18n).
 LOCALE_DIR = Path(__file__).with_name("locale")
-#: The source language of the templates first: English has no catalogue.
-LANGUAGES = ("en", "fr")
 LANGUAGE_NAMES = {"en": "English", "fr": "Français"}
-DEFAULT_LANGUAGE = "en"
 LANG_COOKIE = "sinkhole_lang"
+__all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "Formats", "choose_language", "translations"]
 
 
-@cache
 def translations(lang: str) -> gettext.NullTranslations:
-    """The catalogue of `lang`, read from its .po file (no compiled .mo to keep in step)."""
-    if lang == DEFAULT_LANGUAGE:
-        return gettext.NullTranslations()
-    po = LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
-    with po.open("rb") as f:
-        catalog = read_po(f, locale=lang)
-    buf = io.BytesIO()
-    write_mo(buf, catalog)
-    buf.seek(0)
-    return Translations(buf)
+    """The dashboard's catalogue of `lang`, read from its .po file (as the report's)."""
+    return load_translations(LOCALE_DIR, lang)
 
 
 def parse_accept_language(header: str) -> list[str]:
@@ -84,7 +71,8 @@ class Formats:
     def percent(self, value: float | None) -> str:
         if value is None:
             return "–"
-        return format_percent(value, format="#,##0.0%", locale=self.locale)
+        # One or two decimals, the sign as the language places it: "12.5%", "12,5 %".
+        return format_percent(value, format=percent_pattern(self.locale, ".0"), locale=self.locale)
 
     def datetime(self, ts: int | float | str | None, fmt: str = "medium") -> str:
         if ts is None or ts == "":
