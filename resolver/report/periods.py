@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from resolver.config import parse_duration
 from resolver.errors import SinkholeError
 
 #: The longest period one report covers; the per-day CASE in SQL grows with it.
@@ -18,8 +19,6 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
-_DURATION_RE = re.compile(r"^(\d+)\s*([smhdw])$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 # -- periods -------------------------------------------------------------------------------
@@ -80,9 +79,10 @@ def week_bounds(
 
 def _parse_instant(value: str, zi: ZoneInfo, now: datetime, what: str) -> datetime:
     text = value.strip()
-    m = _DURATION_RE.match(text)
-    if m:
-        return (now - timedelta(seconds=int(m[1]) * _DURATION_UNITS[m[2]])).astimezone(zi)
+    try:
+        return (now - timedelta(seconds=parse_duration(text))).astimezone(zi)
+    except ValueError:
+        pass  # not a duration: a date, a date and time, or "now"
     if text == "now":
         return now.astimezone(zi)
     try:

@@ -7,10 +7,10 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from resolver.config import PRIVACY_MODES
 from resolver.errors import SinkholeError, StoreError
 from resolver.i18n import DEFAULT_LANGUAGE, Language
 from resolver.presentation import display_name
@@ -18,6 +18,7 @@ from resolver.privacy import Period, periods, read_trail
 from resolver.report.changes import policy_changes
 from resolver.report.notes import CLIENT_MODES, privacy_note
 from resolver.report.periods import MAX_PERIOD_DAYS, WEEKDAYS, day_bounds, day_case, iso_week, zone
+from resolver.store.db import open_existing
 from resolver.store.rollups import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
 
 SCHEMA_VERSION = 1
@@ -29,23 +30,8 @@ ATTEMPT_GAP_SECONDS = 300
 assert ROLLUP_SECONDS == ATTEMPT_GAP_SECONDS and HOUR_SECONDS % ROLLUP_SECONDS == 0
 
 
-PRIVACY_MODES = ("ip", "hashed", "group", "none")
 BYPASS_CATEGORY = "bypass"
 OTHER_GROUP = "other"
-
-
-def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
-    path = Path(db_path)
-    if not path.is_file():
-        raise StoreError(f"{path}: database not found")
-    try:
-        # mode=rw: never create an empty database where the real one is missing.
-        conn = sqlite3.connect(f"file:{path.resolve()}?mode=rw", uri=True, timeout=10)
-        conn.execute("SELECT 1 FROM hits LIMIT 0")
-        conn.execute("SELECT 1 FROM traffic LIMIT 0")
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read the report tables: {exc}") from exc
-    return conn
 
 
 def _service_name(svc: str, service_names: dict[str, str], lang: Language) -> str:
@@ -318,7 +304,7 @@ def build_report(
     now = now or datetime.now(UTC)
     days = day_bounds(t0, t1, zi)
 
-    conn = _connect(db_path)
+    conn = open_existing(db_path)
     try:
         return _query_report(
             conn,
