@@ -728,7 +728,14 @@ def export_cmd(config_path, db, fmt, output) -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def hits(config_path, db, since, limit, as_json) -> None:
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME",
+    help="With a central store: only this site (repeatable; default: all).",
+)
+def hits(config_path, db, since, limit, as_json, sites) -> None:
     """Recent blocked attempts, newest first.
 
     Example: sinkhole hits --since 7d --limit 20
@@ -737,12 +744,19 @@ def hits(config_path, db, since, limit, as_json) -> None:
 
     seconds = parse_duration(since)
     config = get_config(config_path, db)
-    with Store(config.database) as store:
-        rows = store.recent_hits(int(time.time()) - seconds, limit)
+    if sites and config.central is None:
+        raise click.UsageError("--site needs a central section in the config")
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import recent_hits
+
+        rows = recent_hits(config.central, int(time.time()) - seconds, limit, sites)
+    else:
+        with Store(config.database) as store:
+            rows = store.recent_hits(int(time.time()) - seconds, limit)
     for r in rows:
         # Names from the wire in presentation format, the rest without control bytes.
         r["qname"] = display_name(r["qname"])
-        for key in ("client", "client_group", "service", "category", "rule", "action"):
+        for key in ("client", "client_group", "service", "category", "rule", "action", "site"):
             if isinstance(r.get(key), str):
                 r[key] = strip_controls(r[key])
     if as_json:
@@ -755,8 +769,9 @@ def hits(config_path, db, since, limit, as_json) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"]))
         who = r["client"] or r["client_group"] or "-"
         count = f" x{r['count']}" if r["count"] > 1 else ""
+        site = f"{r['site']:<16}  " if "site" in r else ""
         click.echo(
-            f"{when}  {who:<20}  {r['qtype']:<6} {r['qname']}  "
+            f"{when}  {site}{who:<20}  {r['qtype']:<6} {r['qname']}  "
             f"({r['service'] or r['category']}: {r['rule']}, {r['action']}){count}"
         )
 
@@ -794,6 +809,13 @@ def hits(config_path, db, since, limit, as_json) -> None:
 @click.option(
     "--top", default=10, show_default=True, type=click.IntRange(1, 1000), help="Top rows."
 )
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME",
+    help="With a central store: only this site (repeatable; default: all).",
+)
 def report(
     config_path: str | None,
     db: str | None,
@@ -805,6 +827,7 @@ def report(
     output: str | None,
     mail_to: tuple[str, ...],
     top: int,
+    sites: tuple[str, ...],
 ) -> None:
     """Report of blocked attempts per service, day and group, with gaps in recording.
 
@@ -824,18 +847,30 @@ def report(
     tz = config.timezone or rpt.local_timezone()
     start, end = rpt.parse_range(since, until, tz) if since else rpt.week_bounds(week, tz)
     catalog = load_catalog(config.catalog)
-    Store(config.database).close()  # creates or migrates the file: a new install gets a report
-    data = rpt.build_report(
-        config.database,
-        start=start,
-        end=end,
-        tz=tz,
-        privacy=config.privacy.clients,
-        retention_days=config.privacy.retention_days,
-        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
-        service_names={sid: s.name for sid, s in catalog.services.items()},
-        top=top,
-    )
+    if sites and config.central is None:
+        raise click.UsageError("--site needs a central section in the config")
+
+    def build(path: str) -> dict:
+        return rpt.build_report(
+            path,
+            start=start,
+            end=end,
+            tz=tz,
+            privacy=config.privacy.clients,
+            retention_days=config.privacy.retention_days,
+            groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+            service_names={sid: s.name for sid, s in catalog.services.items()},
+            top=top,
+        )
+
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import central_report
+
+        t0, t1 = int(start.timestamp()), int(end.timestamp())
+        data = central_report(config.central, build, t0, t1, sites)
+    else:
+        Store(config.database).close()  # creates or migrates the file: a new install gets one
+        data = build(config.database)
     text = rpt.RENDERERS[fmt](data)
     if output:
         label = data["period"]["week"] or data["period"]["start"][:10]
@@ -1181,6 +1216,12 @@ def users_remove(config_path, db, name) -> None:
     with Store(config.database) as store:
         remove_user(store, name)
     click.echo(f"removed {name}")
+
+
+# The central store's commands: `sinkhole central init|push|purge`, `sinkhole sites`.
+from resolver.central.commands import register as _register_central  # noqa: E402
+
+_register_central(cli)
 
 
 def main() -> None:

@@ -224,6 +224,8 @@ class Server:
         self.stopping: asyncio.Event | None = None
         self.started = time.time()
         self.metrics = None
+        #: The central store's shipper (resolver/central), when `central` is configured.
+        self.shipper = None
         self.overrides: dict = {}
         self.watcher: asyncio.Task | None = None
         self.reloading = asyncio.Lock()
@@ -296,6 +298,11 @@ class Server:
                 )
                 self.tcp_servers.append(server)
         self.recorder.attach(loop)
+        # central: the outbox is on before the recorder's first write.
+        if self.config.central is not None:
+            from resolver.central.hook import start_shipper
+
+            self.shipper = start_shipper(self)
         self.recorder.start()
         self.spawn(self._record_privacy("start"))
         self.watcher = asyncio.ensure_future(self._watch_policy())
@@ -492,6 +499,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self.recorder.detach()
         await loop.run_in_executor(None, self.recorder.stop, SHUTDOWN_FLUSH)
+        if self.shipper is not None:  # central: what it has not sent waits in the outbox
+            await loop.run_in_executor(None, self.shipper.stop, 1.0)
         if self.metrics is not None:
             self.metrics.stop()
 

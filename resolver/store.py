@@ -1260,6 +1260,9 @@ class Recorder:
         self.on_fault: Callable[[str | None], None] | None = None
         #: queries, blocked, forwarded, cached, failed, refused: running totals from the server.
         self.traffic: Callable[[], list[int]] | None = None
+        #: With the central store (resolver/central): retention deletes no hit at or after
+        #: the second this gives (its oldest unshipped hit), None: no limit.
+        self.purge_floor: Callable[[sqlite3.Connection], int | None] | None = None
 
     # Hot path: called by the event loop per blocked query.
     def hit(self, client: str, verdict: Verdict) -> None:
@@ -1593,7 +1596,9 @@ class Recorder:
     def _purge(self, conn: sqlite3.Connection) -> None:
         now = time.time()
         try:
-            n = purge_hits(conn, int(now) - self.retention_days * 86_400)
+            before = int(now) - self.retention_days * 86_400
+            floor = self.purge_floor(conn) if self.purge_floor is not None else None
+            n = purge_hits(conn, before if floor is None else min(before, floor))
             conn.execute(
                 "DELETE FROM traffic WHERE minute < ?",
                 (int(now) - TRAFFIC_RETENTION_DAYS * 86_400,),
