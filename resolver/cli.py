@@ -75,7 +75,12 @@ def open_store(config: Config):
     from resolver.store import Store
 
     catalog = load_catalog(config.catalog)
-    store = Store(config.database)
+    if config.central is not None:  # the policy of all sites (resolver/central/policy.py)
+        from resolver.central.policy import open_policy_store
+
+        store = open_policy_store(config.central, config.database)
+    else:
+        store = Store(config.database)
     store.seed(catalog, config.lists)
     return store, catalog
 

@@ -226,6 +226,7 @@ class Server:
         self.metrics = None
         #: The central store's shipper (resolver/central), when `central` is configured.
         self.shipper = None
+        self.policy_watcher = None
         self.overrides: dict = {}
         self.watcher: asyncio.Task | None = None
         self.reloading = asyncio.Lock()
@@ -300,9 +301,10 @@ class Server:
         self.recorder.attach(loop)
         # central: the outbox is on before the recorder's first write.
         if self.config.central is not None:
-            from resolver.central.hook import start_shipper
+            from resolver.central.hook import start_policy_watcher, start_shipper
 
             self.shipper = start_shipper(self)
+            self.policy_watcher = start_policy_watcher(self, loop)
         self.recorder.start()
         self.spawn(self._record_privacy("start"))
         self.watcher = asyncio.ensure_future(self._watch_policy())
@@ -501,6 +503,8 @@ class Server:
         await loop.run_in_executor(None, self.recorder.stop, SHUTDOWN_FLUSH)
         if self.shipper is not None:  # central: what it has not sent waits in the outbox
             await loop.run_in_executor(None, self.shipper.stop, 1.0)
+        if self.policy_watcher is not None:
+            await loop.run_in_executor(None, self.policy_watcher.stop, 1.0)
         if self.metrics is not None:
             self.metrics.stop()
 

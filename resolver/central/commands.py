@@ -44,16 +44,23 @@ def register(cli: click.Group) -> None:
     @central_group.command("push")
     @common
     def central_push(config_path, db) -> None:
-        """Send this site's database (hits and traffic) to the central store; idempotent.
+        """Seed the central store from this site's database: its policy and audit trail
+        when the central store has no policy yet, and its hits and traffic. Idempotent.
 
         Example: sinkhole central push --config /etc/sinkhole/config.yaml
         """
+        from resolver.central.policy import push_policy
         from resolver.central.shipper import ship_all
         from resolver.store import Store
 
         config = get_config(config_path, db)
         central = require_central(config)
         Store(config.database).close()  # creates or migrates the file
+        seeded, version = push_policy(central, config.database)
+        if seeded:
+            click.echo(f"central policy seeded from {config.database} (version {version})")
+        else:
+            click.echo(f"central policy kept (version {version}): it is not replaced")
         sent, left = ship_all(central, config.database)
         click.echo(f"site {central.site}: {sent} rows sent, {left} waiting")
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from resolver.central import outbox
 
 if TYPE_CHECKING:
+    from resolver.central.policy import PolicyWatcher
     from resolver.central.shipper import Shipper
     from resolver.server import Server
 
@@ -64,6 +65,32 @@ def start_shipper(server: Server) -> Shipper | None:
     shipper.start()
     log.info("central: shipping to %s as site %s", central.dsn.split("?", 1)[0], central.site)
     return shipper
+
+
+def start_policy_watcher(server: Server, loop) -> PolicyWatcher | None:
+    """The thread that copies each new central policy into the site's SQLite file and
+    has the server reload it at once (its own poll of the file would within 0.5 s)."""
+    central = server.config.central
+    if central is None:
+        return None
+    try:
+        from resolver.central import psycopg
+        from resolver.central.policy import PolicyWatcher
+
+        psycopg()
+    except Exception as exc:
+        log.error("%s; enforcing the local policy only", exc)
+        return None
+
+    def changed(version: int) -> None:
+        # The server's poll of the file reloads a version it has not loaded; the same
+        # number with other content (a site that had its own policy) needs a word.
+        if server.policy_version == version:
+            loop.call_soon_threadsafe(lambda: server.spawn(server.reload_policy(version)))
+
+    watcher = PolicyWatcher(central, server.db_path, changed)
+    watcher.start()
+    return watcher
 
 
 def metric_families(shipper: Shipper | None) -> Iterator:

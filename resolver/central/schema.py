@@ -83,8 +83,22 @@ def _m001(cur) -> None:
         cur.execute(statement)
 
 
+def _m002(cur) -> None:
+    # One policy for all sites (resolver/central/policy.py): one row, the policy tables
+    # of a site database as JSON, its version; NOTIFY sinkhole_policy wakes the sites.
+    cur.execute(
+        """CREATE TABLE policy (
+            id integer PRIMARY KEY CHECK (id = 1),
+            version bigint NOT NULL,
+            tables jsonb NOT NULL,            -- {table: {"columns": [...], "rows": [...]}}
+            updated timestamptz NOT NULL DEFAULT now(),
+            updated_by text
+        )"""
+    )
+
+
 #: The migrations, in order; their number is the schema version.
-MIGRATIONS: list[tuple[str, Callable]] = [("m001_initial", _m001)]
+MIGRATIONS: list[tuple[str, Callable]] = [("m001_initial", _m001), ("m002_policy", _m002)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
