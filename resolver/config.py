@@ -475,7 +475,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     version_string = top.string("version_string", None, allow_none=True)
     catalog = top.string("catalog", None, allow_none=True)
     web = _web_config(top.section("web"))
-    central = _central_config(top.section("central")) if top.get("central", None) else None
+    central = (
+        _central_config(top.section("central")) if top.get("central", None) is not None else None
+    )
     top.finish()
     return Config(
         path=source,

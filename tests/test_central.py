@@ -31,6 +31,12 @@ from tests.pgtest import PgCluster
 
 def test_without_central_nothing_changes() -> None:
     assert parse_config({}).central is None
+    assert parse_config({"central": None}).central is None
+
+
+def test_an_empty_central_section_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="^c.yaml: central.dsn: is required"):
+        parse_config({"central": {}}, "c.yaml")
 
 
 def test_central_section_is_read() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from resolver.central import CentralError, connect, first_line, psycopg
 from resolver.config import CentralConfig
+from resolver.errors import SinkholeError
 from resolver.store import Store
 
 log = logging.getLogger("sinkhole.central")
@@ -265,7 +266,7 @@ class PolicyWatcher:
                         self.check(conn)
                         for _ in conn.notifies(timeout=POLL_INTERVAL, stop_after=1):
                             pass
-            except (CentralError, pg.Error, sqlite3.Error) as exc:
+            except (SinkholeError, pg.Error, sqlite3.Error) as exc:
                 self.reachable = False
                 if self.fault is None:
                     log.warning(

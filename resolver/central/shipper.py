@@ -21,6 +21,7 @@ from resolver import __version__
 from resolver.central import CentralError, connect, first_line, outbox, psycopg
 from resolver.central.schema import ensure_partitions, require_schema
 from resolver.config import CentralConfig
+from resolver.errors import SinkholeError
 
 log = logging.getLogger("sinkhole.central")
 
@@ -103,7 +104,7 @@ class Shipper:
                 retry = RETRY_MIN
                 if sent < self.central.batch_rows:
                     self._stop.wait(IDLE_INTERVAL)
-            except CentralError as exc:
+            except SinkholeError as exc:  # unreachable, or a schema it does not know
                 self._down(str(exc))
                 self._stop.wait(retry)
                 retry = min(retry * 2, RETRY_MAX)
