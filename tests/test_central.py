@@ -470,6 +470,10 @@ def test_one_policy_for_all_sites(
     sites = [_site(sinkhole, central_dsn, name) for name in ("dns1", "dns2")]
     admin = _config_file(tmp_path, central_dsn, site="admin")
     assert not any(_sinkholed(p) for p in sites)
+    first = run_cli("block", POLICY_NAME, "--config", str(admin))
+    assert first.returncode == 1
+    assert first.stderr.startswith("Error: central store has no policy yet: run `sinkhole central")
+    assert run_cli("central", "push", "--config", str(admin)).returncode == 0
 
     done = run_cli("block", POLICY_NAME, "--comment", "ticket 42", "--config", str(admin))
     assert done.returncode == 0, done.stderr
@@ -481,16 +485,7 @@ def test_one_policy_for_all_sites(
     assert any("ticket 42" == (e.get("comment") or "") for e in json.loads(history.stdout))
     with psycopg.connect(central_dsn) as conn:
         (version,) = conn.execute("SELECT version FROM policy").fetchone()
-    assert wait_for(
-        lambda: (
-            {
-                r["policy_version"]
-                for r in json.loads(run_cli("sites", "--json", "--config", str(admin)).stdout)
-            }
-            == {version}
-        ),
-        20,
-    )
+    assert wait_for(lambda: _applied(admin) == {"dns1": version, "dns2": version}, 20)
 
     pg_cluster.stop()
     try:
@@ -513,6 +508,13 @@ def test_one_policy_for_all_sites(
         assert wait_for(lambda p=proc: not _sinkholed(p), 20), proc.stderr_text()
 
 
+def _applied(config: Path) -> dict:
+    """The policy version each site with a server says it applies (`sinkhole sites`)."""
+    rows = json.loads(run_cli("sites", "--json", "--config", str(config)).stdout)
+    # `central push` from the admin's machine made it a site too, with no server.
+    return {r["site"]: r["policy_version"] for r in rows if r["site"] != "admin"}
+
+
 def test_central_push_seeds_the_policy_once(central_dsn: str, tmp_path: Path) -> None:
     _migrated(central_dsn)
     site = _config_file(tmp_path, central_dsn, site="dns1")
@@ -532,3 +534,33 @@ def test_central_push_seeds_the_policy_once(central_dsn: str, tmp_path: Path) ->
     rules = run_cli("check", "old-rule.example", "--json", "--config", str(site))
     assert rules.returncode == 0, rules.stderr
     assert json.loads(rules.stdout)["blocked"] is True
+
+
+def test_report_shows_a_site_behind_on_shipping(central_dsn: str, tmp_path: Path) -> None:
+    _migrated(central_dsn)
+    now = int(time.time())
+    _local(tmp_path / "dns1.db", [_hit(now - 120)])
+    ship_all(CentralConfig(dsn=central_dsn, site="dns1"), str(tmp_path / "dns1.db"))
+    with psycopg.connect(central_dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sites SET backlog = 7, oldest_unshipped = %s WHERE site = 'dns1'", (now - 600,)
+        )
+    cfg = _config_file(tmp_path, central_dsn, site="admin")
+    done = run_cli("report", "--since", "1h", "--format", "json", "--config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    (site,) = json.loads(done.stdout)["sites"]
+    behind = [g for g in site["gaps"] if g["kind"] == "not shipped yet"]
+    assert behind and behind[0]["backlog"] == 7
+    text = run_cli("sites", "--config", str(cfg))
+    assert "backlog 7" in text.stdout
+
+
+def test_workers_of_one_site_ship_each_hit_once(sinkhole, central_dsn: str) -> None:
+    _migrated(central_dsn)
+    proc = _site(sinkhole, central_dsn, "dns1", workers=2)
+    _ask(proc, [f"w{i}.chatgpt.com" for i in range(40)])
+    assert wait_for(lambda: _local_sum(proc) == 40, 10)
+    assert wait_for(lambda: _central_sums(central_dsn, "dns1")[1] == 40, 20)
+    time.sleep(2)  # a second shipper, had it run, would have sent something by now
+    assert _central_sums(central_dsn, "dns1") == (40, 40, 40)
+    assert _central_rows(central_dsn, "dns1") == _local_rows(proc)

@@ -104,9 +104,6 @@ class PolicyStore(Store):
                 row = self._pg.execute(
                     "SELECT version, tables FROM policy WHERE id = 1 FOR UPDATE"
                 ).fetchone()
-                if row is None:
-                    # No policy yet: take the lock of the table so two first edits queue.
-                    self._pg.execute("LOCK TABLE policy IN SHARE ROW EXCLUSIVE MODE")
             except pg.Error as exc:
                 raise CentralError(f"central store: {first_line(exc)}") from None
             self._exists = row is not None
@@ -145,6 +142,12 @@ class PolicyStore(Store):
         def write_through() -> object:
             result = fn()
             if self.policy_version() != before:
+                if not self._exists:
+                    # A first edit would replace every site's own policy with defaults.
+                    raise CentralError(
+                        "central store has no policy yet: run `sinkhole central push` "
+                        "first, on the site whose policy to keep; the policy was not changed"
+                    )
                 self._push()  # raises: the SQLite transaction rolls back too
             return result
 
