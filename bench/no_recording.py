@@ -7,15 +7,15 @@ what recording costs on the blocked path (issue 6's "at most 10%"). Only
 traffic counters still run.
 """
 
-from resolver import store
 from resolver.cli import main
+from resolver.store import recorder
 
 
 def _no_hit(self, *args, **kwargs) -> None:  # noqa: ANN001 - same signature as Recorder.hit
     return None
 
 
-store.Recorder.hit = _no_hit  # type: ignore[method-assign]
+recorder.Recorder.hit = _no_hit  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

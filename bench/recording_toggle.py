@@ -42,20 +42,20 @@ SETTLE_PERIODS = 2  # periods dropped at the start (warm-up) and one at the end
 def serve() -> None:
     """`sinkhole serve`, with Recorder.hit on and off in turns; runs in the server."""
     sys.path.insert(0, str(run.REPO_ROOT))
-    from resolver import store
     from resolver.cli import main
+    from resolver.store import recorder
 
-    real = store.Recorder.hit
+    real = recorder.Recorder.hit
     calls = [0]
 
-    def nothing(self: store.Recorder, client: str, verdict: object) -> None:
+    def nothing(self: recorder.Recorder, client: str, verdict: object) -> None:
         return None
 
-    def on(self: store.Recorder, client: str, verdict) -> None:  # noqa: ANN001
+    def on(self: recorder.Recorder, client: str, verdict) -> None:  # noqa: ANN001
         calls[0] += 1
         real(self, client, verdict)
 
-    def off(self: store.Recorder, client: str, verdict) -> None:  # noqa: ANN001
+    def off(self: recorder.Recorder, client: str, verdict) -> None:  # noqa: ANN001
         calls[0] += 1
         nothing(self, client, verdict)
 
@@ -72,9 +72,9 @@ def serve() -> None:
                 f.flush()
                 last, since = count, now
                 recording = not recording
-                store.Recorder.hit = on if recording else off  # type: ignore[method-assign]
+                recorder.Recorder.hit = on if recording else off  # type: ignore[method-assign]
 
-    store.Recorder.hit = off  # type: ignore[method-assign]
+    recorder.Recorder.hit = off  # type: ignore[method-assign]
     threading.Thread(target=switch, name="toggle", daemon=True).start()
     sys.argv = [sys.argv[0], *sys.argv[2:]]  # drop --serve: the rest is `serve --config`
     main()

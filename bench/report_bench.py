@@ -17,7 +17,9 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resolver import report as rpt  # noqa: E402
-from resolver import store  # noqa: E402
+from resolver.store import Store  # noqa: E402
+from resolver.store.db import connect  # noqa: E402
+from resolver.store.rollups import INSERT_HITS, write_hits  # noqa: E402
 
 HITS = 1_000_000
 RUNS = 3
@@ -45,9 +47,6 @@ SERVICES = [
     *((f"bypass-{i}", "bypass", [f"doh{i}.example"]) for i in range(16)),
 ]
 QTYPES = ("A", "AAAA", "HTTPS")
-
-
-INSERT_HITS = store.INSERT_HITS
 
 
 def make_rows(n: int, t0: int, t1: int, seed: int = SEED) -> list[tuple]:
@@ -84,10 +83,10 @@ def make_rows(n: int, t0: int, t1: int, seed: int = SEED) -> list[tuple]:
 def generate(path: Path, n: int, t0: int, t1: int, seed: int = SEED) -> None:
     """n hits in [t0, t1), written like the recorder writes them, and a traffic row for
     every minute."""
-    with store.Store(path):  # the schema, by the migrations the server runs
+    with Store(path):  # the schema, by the migrations the server runs
         pass
     rows = make_rows(n, t0, t1, seed)
-    conn = store.connect(path)
+    conn = connect(path)
     conn.execute("BEGIN")
     conn.executemany(INSERT_HITS, rows)
     conn.executemany(
@@ -105,16 +104,16 @@ def time_recording(
     thread does: `store.write_hits` (the INSERT, and the rollups key by key), one
     IMMEDIATE transaction per `batch` rows. With `per_row`, a bare INSERT instead, as any
     other writer's, which the rollup trigger on `hits` follows hit by hit."""
-    with store.Store(path):
+    with Store(path):
         pass
-    conn = store.connect(path)
+    conn = connect(path)
     w0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), batch):
         conn.execute("BEGIN IMMEDIATE")
         if per_row:
             conn.executemany(INSERT_HITS, rows[i : i + batch])
         else:
-            store.write_hits(conn, rows[i : i + batch])
+            write_hits(conn, rows[i : i + batch])
         conn.execute("COMMIT")
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     conn.close()

@@ -18,7 +18,7 @@ import click
 from resolver import __version__
 from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
 from resolver.errors import ConfigError, SinkholeError
-from resolver.presentation import display_name, strip_controls
+from resolver.presentation import display_name
 
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -72,15 +72,10 @@ def command_line(*args: str) -> str:
 def open_store(config: Config):
     """The database, with every catalog service given a row (config seeds new ones)."""
     from resolver.catalog import load_catalog
-    from resolver.store import Store
+    from resolver.store import open_store as open_database
 
     catalog = load_catalog(config.catalog)
-    if config.central is not None:  # the policy of all sites (resolver/central/policy.py)
-        from resolver.central.policy import open_policy_store
-
-        store = open_policy_store(config.central, config.database)
-    else:
-        store = Store(config.database)
+    store = open_database(config)
     store.seed(catalog, config.lists)
     return store, catalog
 
@@ -135,7 +130,7 @@ def serve(config_path: str | None, db: str | None, listen: tuple, upstream: tupl
             try:
                 parse_hostport(entry, 53, option)
             except ConfigError as exc:
-                raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint=option) from None
+                raise click.BadParameter(exc.reason, param_hint=option) from None
         if entries:
             overrides[key] = tuple(entries)
     config = config.with_overrides(**overrides)
@@ -225,47 +220,12 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from resolver.admin import list_overview
+
     config = get_config(config_path, db)
     store, catalog = open_store(config)
     with store:
-        rows = {r["name"]: r for r in store.lists()}
-        new = store.new_services()
-    out = []
-    for category, ids in catalog.categories.items():
-        for sid in ids:
-            svc = catalog.services[sid]
-            row = rows.get(sid, {})
-            api = rows.get(f"{sid}:api")
-            out.append(
-                {
-                    "name": sid,
-                    "kind": "service",
-                    "category": category,
-                    "title": svc.name,
-                    "enabled": bool(row.get("enabled")),
-                    "domains": len(svc.domains),
-                    "api": len(svc.api),
-                    "api_blocked": bool(api["enabled"]) if api else None,
-                    "new": sid in new,
-                    "added": row.get("added"),
-                }
-            )
-    for r in rows.values():
-        if r["kind"] == "imported":
-            out.append(
-                {
-                    "name": r["name"],
-                    "kind": "imported",
-                    "category": r["category"],
-                    "title": r["source"],
-                    "enabled": bool(r["enabled"]),
-                    "domains": r["domains"],
-                    "allow": r["allows"],
-                    "errors": r["errors"],
-                    "updated": r["updated"],
-                    "checked": r["checked"],
-                }
-            )
+        out, new = list_overview(store, catalog)
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -285,28 +245,15 @@ def lists(ctx: click.Context, config_path, db, as_json: bool) -> None:
         click.echo(f"NEW: {len(new)} services added to the catalog at the last start or since")
 
 
-def _resolve_list_names(store, catalog, names: tuple[str, ...]) -> list[str]:
-    known = {r["name"] for r in store.lists()}
-    out: list[str] = []
-    for name in names:
-        if name in catalog.categories:
-            out.extend(catalog.categories[name])
-        elif name in known:
-            out.append(name)
-        else:
-            raise SinkholeError(
-                f"unknown list {name!r}: use a category ({', '.join(catalog.categories)}), "
-                f"a service id or an imported list (see `sinkhole lists`)"
-            )
-    return out
-
-
 def _toggle(config_path, db, names, comment, enabled: bool) -> None:
+    from resolver.admin import toggle_lists
+
     config = get_config(config_path, db)
     store, catalog = open_store(config)
     with store:
-        targets = _resolve_list_names(store, catalog, names)
-        store.set_enabled(targets, enabled, command=command_line(*names), comment=comment)
+        targets = toggle_lists(
+            store, catalog, names, enabled, command=command_line(*names), comment=comment
+        )
     verb = "enabled" if enabled else "disabled"
     click.echo(f"{verb}: {', '.join(targets)}")
 
@@ -512,12 +459,10 @@ def _update_one(store, row: dict, comment: str | None) -> bool:
             guard=True,
         )
     except SinkholeError as exc:
-        message = str(exc)
+        message = exc.reason if exc.where == name else str(exc)
         if "old list is kept" not in message:
             message = f"{message}; the old list is kept"
-        if not message.startswith(f"{name}:"):
-            message = f"{name}: {message}"
-        click.echo(f"sinkhole: {message}", err=True)
+        click.echo(f"sinkhole: {name}: {message}", err=True)
         return False
     click.echo(
         f"{name}: {change.names} names, +{len(change.added)} -{len(change.removed)} ({source})"
@@ -621,22 +566,22 @@ def catalog_compare(config_path, db, source, fmt, services, as_json) -> None:
 
 
 def _rules(config_path, db, names, comment, action: str, add: bool) -> None:
+    from resolver.admin import edit_rules
+
     patterns = normalize_names(names)
     config = get_config(config_path, db)
     store, _ = open_store(config)
     with store:
-        if add:
-            store.add_rules(patterns, action, command=command_line(*patterns), comment=comment)
-            click.echo(f"{action}: {', '.join(patterns)}")
-            return
-        missing = store.remove_rules(
-            patterns, action, command=command_line(*patterns), comment=comment
+        edit = edit_rules(
+            store, patterns, action, add, command=command_line(*patterns), comment=comment
         )
-    done = [p for p in patterns if p not in missing]
-    if done:
-        click.echo(f"removed {action} rule: {', '.join(done)}")
-    if missing:
-        raise SinkholeError(f"no {action} rule for {', '.join(missing)}")
+    if add:
+        click.echo(f"{action}: {', '.join(edit.done)}")
+        return
+    if edit.done:
+        click.echo(f"removed {action} rule: {', '.join(edit.done)}")
+    if edit.missing:
+        raise SinkholeError(f"no {action} rule for {', '.join(edit.missing)}")
 
 
 def _rule_command(name: str, action: str, add: bool, doc: str) -> None:
@@ -688,41 +633,23 @@ def export_cmd(config_path, db, fmt, output) -> None:
 
     Example: sinkhole export --format dnsmasq -o /etc/dnsmasq.d/ai-chatbots.conf
     """
-    from resolver.listformats import export
+    from resolver.admin import export_policy
 
     config = get_config(config_path, db)
     store, catalog = open_store(config)
     with store:
-        state = store.policy_state()
-    block: list[str] = [p for p, _ in state.block]
-    allow: list[str] = [p for p, _ in state.allow]
-    for sid, svc in catalog.services.items():
-        if sid in state.enabled_services:
-            block.extend(svc.domains)
-            block.extend(svc.api)
-            allow.extend(svc.keep)
-            if sid in state.disabled_api:
-                allow.extend(svc.api)
-    for lst in state.lists:
-        if lst.enabled:
-            block.extend(lst.domains)
-            allow.extend(lst.allow)
-    text = export(
-        block,
-        allow,
-        fmt,
-        config.sinkhole.ipv4,
-        config.sinkhole.ipv6,
-        config.sinkhole.ttl,
-        header=f"exported by sinkhole {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-    )
-    if output:
-        Path(output).write_text(text)
-        click.echo(
-            f"wrote {len(block)} block and {len(allow)} allow patterns to {output}", err=True
+        out = export_policy(
+            store,
+            catalog,
+            config,
+            fmt,
+            header=f"exported by sinkhole {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         )
+    if output:
+        Path(output).write_text(out.text)
+        click.echo(f"wrote {out.block} block and {out.allow} allow patterns to {output}", err=True)
     else:
-        click.echo(text, nl=False)
+        click.echo(out.text, nl=False)
 
 
 # -- hits and retention -------------------------------------------------------------------
@@ -745,25 +672,20 @@ def hits(config_path, db, since, limit, as_json, sites) -> None:
 
     Example: sinkhole hits --since 7d --limit 20
     """
-    from resolver.store import Store
+    from resolver.admin import clean_hits, recent_hits
+    from resolver.store import open_store as open_database
 
     seconds = parse_duration(since)
     config = get_config(config_path, db)
     if sites and config.central is None:
         raise click.UsageError("--site needs a central section in the config")
     if config.central is not None:  # all sites, from the central store (resolver/central)
-        from resolver.central.report import recent_hits
+        from resolver.central.report import recent_hits as central_hits
 
-        rows = recent_hits(config.central, int(time.time()) - seconds, limit, sites)
+        rows = clean_hits(central_hits(config.central, int(time.time()) - seconds, limit, sites))
     else:
-        with Store(config.database) as store:
-            rows = store.recent_hits(int(time.time()) - seconds, limit)
-    for r in rows:
-        # Names from the wire in presentation format, the rest without control bytes.
-        r["qname"] = display_name(r["qname"])
-        for key in ("client", "client_group", "service", "category", "rule", "action", "site"):
-            if isinstance(r.get(key), str):
-                r[key] = strip_controls(r[key])
+        with open_database(config) as store:
+            rows = recent_hits(store, int(time.time()) - seconds, limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -877,6 +799,10 @@ def report(
         Store(config.database).close()  # creates or migrates the file: a new install gets one
         data = build(config.database)
     text = rpt.RENDERERS[fmt](data)
+    if config.central is not None:
+        from resolver.central.report import sites_section
+
+        text += sites_section(data, fmt)
     if output:
         label = data["period"]["week"] or data["period"]["start"][:10]
         path = Path(output.replace("{week}", label))
@@ -901,11 +827,11 @@ def purge(config_path, db, older_than) -> None:
 
     Example: sinkhole purge --older-than 30d
     """
-    from resolver.store import Store
+    from resolver.store import open_store as open_database
 
     config = get_config(config_path, db)
     seconds = parse_duration(older_than) if older_than else config.privacy.retention_days * 86_400
-    with Store(config.database) as store:
+    with open_database(config) as store:
         n = store.purge(int(time.time()) - seconds)
     click.echo(f"deleted {n} hits older than {older_than or f'{config.privacy.retention_days}d'}")
 
@@ -1100,7 +1026,7 @@ def status(config_path, db, metrics_address: str | None, as_json: bool) -> None:
     try:
         url = metrics_url(metrics_address)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--metrics") from None
+        raise click.BadParameter(exc.reason, param_hint="--metrics") from None
     st = read_status(url)
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -1139,7 +1065,7 @@ def web(config_path, db, listen: str | None) -> None:
             }
             checked = parse_config({"web": web_section}, "--listen").web
         except ConfigError as exc:
-            raise click.BadParameter(str(exc).split(": ", 2)[-1], param_hint="--listen") from None
+            raise click.BadParameter(exc.reason, param_hint="--listen") from None
         config = config.with_overrides(web=replace(config.web, listen=checked.listen))
     try:
         from resolver.web.server import run_web

@@ -214,11 +214,11 @@ def parse_hostport(text: str, default_port: int, key: str = "address") -> tuple[
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise ConfigError(f"{key}: {text!r} is missing ']'")
+            raise ConfigError(f"{text!r} is missing ']'", where=key)
         host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise ConfigError(f"{key}: {text!r} is not [ADDRESS]:PORT")
+                raise ConfigError(f"{text!r} is not [ADDRESS]:PORT", where=key)
             port = _port(rest[1:], key, text)
     elif text.count(":") == 1:
         host, p = text.split(":")
@@ -226,13 +226,15 @@ def parse_hostport(text: str, default_port: int, key: str = "address") -> tuple[
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not an IP address (with optional :port)") from None
+        raise ConfigError(
+            f"{text!r} is not an IP address (with optional :port)", where=key
+        ) from None
     return host, port
 
 
 def _port(text: str, key: str, whole: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ConfigError(f"{key}: {whole!r} has an invalid port")
+        raise ConfigError(f"{whole!r} has an invalid port", where=key)
     return int(text)
 
 
@@ -250,7 +252,7 @@ class _Reader:
         self.seen: set[str] = set()
 
     def fail(self, key: str, reason: str) -> None:
-        raise ConfigError(f"{self.source}: {key}: {reason}")
+        raise ConfigError(reason, where=self.source, key=key)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -600,7 +602,7 @@ def _check_hostport(reader: _Reader, key: str, value: str, default_port: int) ->
     try:
         parse_hostport(value, default_port, key)
     except ConfigError as exc:
-        reader.fail(key, str(exc).split(": ", 1)[1])
+        reader.fail(key, exc.reason)
 
 
 def _address(reader: _Reader, name: str, default: str, version: int) -> str:

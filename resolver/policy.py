@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,10 +182,8 @@ class Verdict:
     """A blocked question's answer (bytes after the ID) and what to record about it.
 
     The policy keeps one per distinct question, so the recorder counts hits by
-    (second, client, verdict) with an identity hash: a pointer, not six strings.
-    The `tally_` slots belong to the recorder (store.Recorder.hit): its running
-    count of this question from one client in one second, so that a repeated
-    lookup costs an attribute increment on an object the query path already holds.
+    (second, client, verdict) with an identity hash: a pointer, not six strings
+    (resolver.store.recorder.HitBatcher).
     """
 
     __slots__ = (
@@ -194,10 +192,6 @@ class Verdict:
         "pattern",
         "action",
         "record",
-        "tally_owner",
-        "tally_second",
-        "tally_client",
-        "tally_count",
         "limited",
     )
 
@@ -225,10 +219,6 @@ class Verdict:
         )
         #: The same question refused by the rate limiter, recorded with its own action.
         self.limited: Verdict | None = None
-        self.tally_owner: Any = None  # the store.Recorder counting it
-        self.tally_second = -1
-        self.tally_client = ""
-        self.tally_count = 0
 
 
 NOT_BLOCKED = object()
@@ -412,35 +402,36 @@ class PolicyState:
     version: int = 0
 
 
-def build_policy(catalog, state: PolicyState, config: Config) -> Policy:
-    """Compile custom rules, catalog services and imported lists into one Policy."""
-    m = Matcher()
-    custom = Rule("custom", source="rule")
-    for pattern, _comment in state.allow:
-        m.add_allow(pattern, Allow("rule"))
-    for pattern, _comment in state.block:
-        m.add_block(pattern, custom)
+def policy_sources(catalog, state: PolicyState) -> Iterator[tuple[str, Iterable[str], Any]]:
+    """What the policy of `state` blocks and allows, in the order a Policy is built:
+    (kind 'block' or 'allow', patterns, the Rule or Allow they match with). Custom rules,
+    then each enabled catalog service (its keep and allowed API parts, its names), then
+    each enabled imported list. `build_policy` compiles them; `sinkhole export` writes
+    them out."""
+    yield "allow", [p for p, _ in state.allow], Allow("rule")
+    yield "block", [p for p, _ in state.block], Rule("custom", source="rule")
     for sid, svc in catalog.services.items():
         if sid not in state.enabled_services:
             continue
-        rule = Rule(svc.category, sid, svc.name, svc.answer, source=str(svc.file))
-        for keep in svc.keep:
-            m.add_allow(keep, Allow(f"keep of {sid}"))
+        yield "allow", svc.keep, Allow(f"keep of {sid}")
         if sid in state.disabled_api:
-            for api in svc.api:
-                m.add_allow(api, Allow(f"api of {sid}, allowed"))
-        for domain in (*svc.domains, *svc.api):
-            m.add_block(domain, rule)
+            yield "allow", svc.api, Allow(f"api of {sid}, allowed")
+        rule = Rule(svc.category, sid, svc.name, svc.answer, source=str(svc.file))
+        yield "block", (*svc.domains, *svc.api), rule
     for lst in state.lists:
         if not lst.enabled:
             continue
-        rule = Rule(f"list:{lst.name}", source=lst.name)
-        allow = Allow(f"list:{lst.name}")
-        for pattern in lst.allow:
-            m.add_allow(pattern, allow)
-        add = m.add_block
-        for pattern in lst.domains:
-            add(pattern, rule)
+        yield "allow", lst.allow, Allow(f"list:{lst.name}")
+        yield "block", lst.domains, Rule(f"list:{lst.name}", source=lst.name)
+
+
+def build_policy(catalog, state: PolicyState, config: Config) -> Policy:
+    """Compile custom rules, catalog services and imported lists into one Policy."""
+    m = Matcher()
+    for kind, patterns, tag in policy_sources(catalog, state):
+        add = m.add_block if kind == "block" else m.add_allow
+        for pattern in patterns:
+            add(pattern, tag)
     policy = Policy(m, config, state.version)
     policy.enabled_services = frozenset(s for s in state.enabled_services if s in catalog.services)
     return policy

@@ -10,7 +10,6 @@ second, how many). The report reads them back to say which mode held when.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,15 +18,16 @@ from datetime import UTC, datetime
 
 from resolver.config import PRIVACY_MODES
 from resolver.errors import SinkholeError, StoreError
-from resolver.store import (
-    HIT_ROLLUPS,
+from resolver.store.policy_state import Store, os_user, utcnow_text
+from resolver.store.pseudonyms import Pseudonymizer, client_secret
+from resolver.store.rollups import (
     HOUR_SECONDS,
     ROLLUP_SECONDS,
-    Pseudonymizer,
-    Store,
-    key_sql,
-    os_user,
-    utcnow_text,
+    add_sums_sql,
+    first_lookups_sql,
+    judge_attempts,
+    rollup_sums_sql,
+    take_sums_sql,
 )
 
 #: How the `detail` of a privacy row of `audit` begins; no other row's detail does (they
@@ -255,35 +255,6 @@ def pending(conn: sqlite3.Connection, mode: str, until: int) -> int:
     ).fetchone()[0]
 
 
-def _secret(conn: sqlite3.Connection) -> bytes:
-    """The recorder's HMAC key, created here when no hashed hit was ever written; in the
-    caller's write transaction, as the recorder creates it in its own."""
-    row = conn.execute("SELECT value FROM settings WHERE key = 'client_secret'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO settings VALUES ('client_secret', ?)", (secrets.token_hex(32),))
-        row = conn.execute("SELECT value FROM settings WHERE key = 'client_secret'").fetchone()
-    return bytes.fromhex(row[0])
-
-
-def _hour_sums(table: str, where: str, sign: str) -> str:
-    """Add (sign '+') or take off (sign '-') the blocked queries of the hits `where` to or
-    from the hour rollup `table`, by the keys they have now."""
-    cols = HIT_ROLLUPS[table]
-    keys = ", ".join(cols)
-    sums = (
-        f"SELECT {', '.join(f'{key_sql(c)} AS {c}' for c in cols)}, SUM(count) AS n "
-        f"FROM hits WHERE {where} GROUP BY {keys}"
-    )
-    if sign == "+":
-        return (
-            f"INSERT INTO {table} ({keys}, blocked, attempts) SELECT {keys}, n, 0 "
-            f"FROM ({sums}) WHERE true "
-            "ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked"
-        )
-    match = " AND ".join(f"{table}.{c} = s.{c}" for c in cols)
-    return f"UPDATE {table} SET blocked = blocked - s.n FROM ({sums}) AS s WHERE {match}"
-
-
 def _rewrite_batch(conn: sqlite3.Connection, mode: str, lo: int, hi: int) -> int:
     """Rewrite the hits of [lo, hi) (5-minute bucket bounds) and bring the rollups along,
     in the caller's write transaction; the number of hits rewritten.
@@ -296,12 +267,11 @@ def _rewrite_batch(conn: sqlite3.Connection, mode: str, lo: int, hi: int) -> int
     there. `hits_hour_name` has neither client nor group in its key and stays as it is.
     """
     b0, b1 = lo // ROLLUP_SECONDS, hi // ROLLUP_SECONDS
-    gap = ROLLUP_SECONDS
     where = f"ts >= {int(lo)} AND ts < {int(hi)}"
     # The attempts first: a trigger takes each start off its hour rows.
     conn.execute("DELETE FROM hits_attempts WHERE bucket >= ? AND bucket < ?", (b0, b1))
     for table in ("hits_hour", "hits_hour_client"):
-        conn.execute(_hour_sums(table, where, "-"))
+        conn.execute(take_sums_sql(table, rollup_sums_sql(table, where)))
         # A row without hits has no attempts either: they are lookups among its hits.
         conn.execute(
             f"DELETE FROM {table} WHERE hour >= ? AND hour <= ? AND blocked = 0",
@@ -311,34 +281,11 @@ def _rewrite_batch(conn: sqlite3.Connection, mode: str, lo: int, hi: int) -> int
         f"UPDATE hits SET {_REWRITE[mode]} WHERE {where} AND {_NEEDS_REWRITE[mode]}"
     ).rowcount
     for table in ("hits_hour", "hits_hour_client"):
-        conn.execute(_hour_sums(table, where, "+"))
+        conn.execute(add_sums_sql(table, rollup_sums_sql(table, where)))
     # m003's backfill for these buckets; each start then adds its attempt to the hour rows
     # through the trigger on `hits_attempts`.
-    conn.execute(
-        f"""INSERT INTO hits_attempts
-            SELECT bucket, ident, svc, ts, last_ts, grp, cat, 0 FROM (
-                SELECT {key_sql("bucket")} AS bucket, {key_sql("ident")} AS ident,
-                       {key_sql("svc")} AS svc, ts, {key_sql("grp")} AS grp,
-                       {key_sql("cat")} AS cat, ROW_NUMBER() OVER w AS n,
-                       MAX(ts) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING
-                                     AND UNBOUNDED FOLLOWING) AS last_ts
-                FROM hits WHERE {where}
-                WINDOW w AS (PARTITION BY {key_sql("bucket")}, {key_sql("ident")},
-                             {key_sql("svc")} ORDER BY ts, id))
-            WHERE n = 1"""
-    )
-    follows = f"""EXISTS (SELECT 1 FROM hits_attempts p WHERE p.bucket = a.bucket - 1
-                  AND p.ident = a.ident AND p.svc = a.svc AND p.last_ts >= a.first_ts - {gap})"""
-    conn.execute(
-        f"UPDATE hits_attempts AS a SET start = 1 WHERE bucket >= ? AND bucket < ? "
-        f"AND NOT {follows}",
-        (b0, b1),
-    )
-    conn.execute(
-        f"UPDATE hits_attempts AS a SET start = NOT {follows} "
-        f"WHERE bucket = ? AND start = {follows}",
-        (b1,),
-    )
+    conn.execute(first_lookups_sql(where))
+    judge_attempts(conn, b0, b1)
     return n
 
 
@@ -428,7 +375,7 @@ def apply(
                 result.done, result.complete = until, True
             else:
                 if mode == "hashed" and not pseudo:
-                    pseudo.append(Pseudonymizer("hashed", _secret(conn), lambda c: None))
+                    pseudo.append(Pseudonymizer("hashed", client_secret(conn), lambda c: None))
                 lo = row[0] - row[0] % ROLLUP_SECONDS
                 cursor = _batch_end(conn, lo, until, batch_rows)
                 result.rewritten += _rewrite_batch(conn, mode, lo, cursor)

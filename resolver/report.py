@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from resolver.errors import SinkholeError, StoreError
 from resolver.presentation import csv_cell, display_name, markdown_text, strip_controls
 from resolver.privacy import Period, periods, read_trail
-from resolver.store import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
+from resolver.store.rollups import HOUR_SECONDS, ROLLUP_SECONDS, key_sql
 
 SCHEMA_VERSION = 1
 #: Hits of one client for one service closer than this belong to one attempt: a browser

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 
 from resolver.errors import SinkholeError
-from resolver.store import Store, utcnow_text
+from resolver.store import Store
+from resolver.store.policy_state import utcnow_text
 
 ROLES = ("admin", "viewer")
 #: scrypt's cost (RFC 7914): 128 * r * N bytes, here 64 MiB and a fraction of a second a

@@ -20,8 +20,9 @@ from resolver.central.schema import SCHEMA_VERSION, drop_partitions_before, migr
 from resolver.central.shipper import Shipper, ship_all
 from resolver.config import CentralConfig, parse_config
 from resolver.errors import ConfigError
-from resolver.store import Store, purge_hits, write_hits
-from resolver.store import connect as sqlite_connect
+from resolver.store import Store
+from resolver.store.db import connect as sqlite_connect
+from resolver.store.rollups import purge_hits, write_hits
 from tests.conftest import query, run_cli, wait_for
 from tests.dnstest.daemons import free_port
 from tests.pgtest import PgCluster
@@ -378,6 +379,9 @@ def test_two_sites_reach_postgresql_exactly(sinkhole, central_dsn: str, tmp_path
         "report", "--since", "1h", "--format", "json", "--site", "dns2", "--config", str(cfg)
     )
     assert json.loads(one.stdout)["totals"]["blocked"] == 17
+    text = run_cli("report", "--since", "1h", "--config", str(cfg)).stdout
+    assert "Sites (blocked, attempts, gaps in the period):" in text
+    assert any(line.split()[:3] == ["dns2", "17", "1"] for line in text.splitlines())
     bad = run_cli("report", "--since", "1h", "--site", "nope", "--config", str(cfg))
     assert bad.returncode == 1 and "--site nope: no such site" in bad.stderr
     hits = run_cli("hits", "--site", "dns2", "--json", "--limit", "100", "--config", str(cfg))

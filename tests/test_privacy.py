@@ -20,7 +20,9 @@ import yaml
 
 from resolver import privacy as pv
 from resolver import report as rpt
-from resolver.store import Pseudonymizer, Store, connect
+from resolver.store import Store
+from resolver.store.db import connect
+from resolver.store.pseudonyms import Pseudonymizer
 from tests.conftest import REPO_ROOT, run_cli
 from tests.dnstest.daemons import stop_by_pid
 from tests.test_recording import ask_many, blocked_jobs, db_rows, stop, wait_for

@@ -10,37 +10,27 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-import time
 import zlib
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlite_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlite_utils.migrations import Migrations
 
 from resolver import report as rpt
 from resolver.errors import SinkholeError, StoreError
 from resolver.policy import Rule, Verdict
-from resolver.store import (
-    HIT_ROLLUPS,
-    ROLLUP_BY_BATCH,
-    Recorder,
-    Store,
-    connect,
-    m001_initial,
-    m002_hits_5min,
-    migrate,
-    purge_hits,
-    write_hits,
-)
+from resolver.store import Recorder, Store
+from resolver.store.db import connect
+from resolver.store.migrations import m001_initial, m002_hits_5min
+from resolver.store.rollups import HIT_ROLLUPS, ROLLUP_BY_BATCH, purge_hits, write_hits
+from resolver.store.schema import migrate
 
 PARIS = "Europe/Paris"
 GROUPS = {"ai-lab": ["10.1.9.0/24"], "finance": ["10.2.0.0/16"]}
@@ -102,10 +92,8 @@ def make_db(path: Path) -> Path:
 
 def make_old_db(path: Path) -> Path:
     """An empty database as sinkhole created it before the rollup (schema 1)."""
-    first = Migrations("sinkhole")
-    first()(m001_initial)
     db = sqlite_utils.Database(path)
-    migrate(db, first)
+    migrate(db, (m001_initial,))
     db.close()
     return path
 
@@ -1130,11 +1118,8 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 def make_m002_db(path: Path) -> Path:
     """An empty database as sinkhole created it with the 5-minute rollup (schema 2)."""
-    steps = Migrations("sinkhole")
-    steps()(m001_initial)
-    steps()(m002_hits_5min)
     db = sqlite_utils.Database(path)
-    migrate(db, steps)
+    migrate(db, (m001_initial, m002_hits_5min))
     db.close()
     return path
 
@@ -1211,6 +1196,7 @@ def test_m002_database_backfills_to_the_report_of_fresh_writes(
         "m003_attempts_and_hourly_rollups",
         "m004_web_users",
         "m005_list_sources",
+        "m006_central_outbox",
     ]
     assert not sqlite_utils.Database(old)["hits_5min"].exists()
     for db in (old, new):
@@ -1402,7 +1388,7 @@ class _CheckedCommits:
 def test_every_purge_batch_leaves_the_rollups_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("resolver.store.PURGE_BATCH_ROWS", 300)
+    monkeypatch.setattr("resolver.store.rollups.PURGE_BATCH_ROWS", 300)
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)
     t0, t1 = int(start.timestamp()), int(end.timestamp())
@@ -1425,10 +1411,7 @@ def test_every_purge_batch_leaves_the_rollups_exact(
 
 
 class _Clock:
-    """resolver.store's `time`, with a wall clock the test sets."""
-
-    monotonic = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+    """A wall clock the test sets, for the recorder (its `clock=`)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -1486,28 +1469,30 @@ def test_recorder_and_trigger_make_identical_rollups(
     base = int(rpt.week_bounds("2026-W13", PARIS)[0].timestamp()) + 86400 - 1200
     servers = {
         anonymous: Recorder(
-            str(recorded), privacy="group" if anonymous else "ip", group_of=group_of
+            str(recorded),
+            privacy="group" if anonymous else "ip",
+            group_of=group_of,
+            clock=clock.time,
         )
         for anonymous in (False, True)
     }
-    with patch("resolver.store.time", clock):
-        for anonymous, hits in batches:
-            rec = servers[anonymous]
-            for offset, c, s, qtype, count in hits:
-                clock.now = base + offset
-                service, category, qname = SERVICES[s]
-                for _ in range(count):
-                    # A new Verdict per lookup: rows must merge by value, not by object.
-                    v = Verdict(b"", Rule(category, service), qname, "null", qname, qtype)
-                    rec.hit(CLIENTS[c][0], v)
-            written = len(rollup_tables(recorded)["hits"])
-            assert rec.flush()
-            # The rows of this batch, as the recorder wrote them, into the other database.
-            rows = rollup_tables(recorded)["hits"][written:]
-            assert rows
-            with sqlite3.connect(inserted) as conn:
-                conn.executemany(f"INSERT INTO hits VALUES ({', '.join('?' * 11)})", rows)
-            conn.close()
+    for anonymous, hits in batches:
+        rec = servers[anonymous]
+        for offset, c, s, qtype, count in hits:
+            clock.now = base + offset
+            service, category, qname = SERVICES[s]
+            for _ in range(count):
+                # A new Verdict per lookup: rows must merge by value, not by object.
+                v = Verdict(b"", Rule(category, service), qname, "null", qname, qtype)
+                rec.hit(CLIENTS[c][0], v)
+        written = len(rollup_tables(recorded)["hits"])
+        assert rec.flush()
+        # The rows of this batch, as the recorder wrote them, into the other database.
+        rows = rollup_tables(recorded)["hits"][written:]
+        assert rows
+        with sqlite3.connect(inserted) as conn:
+            conn.executemany(f"INSERT INTO hits VALUES ({', '.join('?' * 11)})", rows)
+        conn.close()
     assert rollup_tables(recorded) == rollup_tables(inserted)
     assert_rollups_exact(recorded)
     # The recorder's switch is never committed: the trigger still follows other writers.
@@ -1553,27 +1538,26 @@ def test_folded_lookups_make_the_rollups_of_a_row_per_second(
     folded, plain = make_db(tmp / "folded.db"), make_db(tmp / "plain.db")
     base = int(rpt.week_bounds("2026-W13", PARIS)[0].timestamp()) + 86400 - 1200
     clock = _Clock()
-    rec = Recorder(str(folded), group_of=dict(CLIENTS).get)
+    rec = Recorder(str(folded), group_of=dict(CLIENTS).get, clock=clock.time)
     verdicts: dict[tuple[int, str], Verdict] = {}
     per_second: dict[tuple, int] = {}
     next_flush = base
-    with patch("resolver.store.time", clock):
-        for offset, c, s, qtype, n in sorted(lookups):
-            while next_flush <= base + offset:  # the writer thread's flushes meanwhile
-                clock.now = next_flush
-                assert rec.flush(hold=True)
-                next_flush += flush_every
-            clock.now = base + offset
-            service, category, qname = SERVICES[s]
-            v = verdicts.setdefault((s, qtype), Verdict(b"", Rule(category, service), qname,
-                                                        "null", qname, qtype))  # fmt: skip
-            for _ in range(n):
-                rec.hit(CLIENTS[c][0], v)
-            key = (base + offset, *CLIENTS[c], qname, qtype, service, category)
-            per_second[key] = per_second.get(key, 0) + n
-        clock.now = base + 1600
-        assert rec.flush(hold=True)
-        assert rec.flush()
+    for offset, c, s, qtype, n in sorted(lookups):
+        while next_flush <= base + offset:  # the writer thread's flushes meanwhile
+            clock.now = next_flush
+            assert rec.flush(hold=True)
+            next_flush += flush_every
+        clock.now = base + offset
+        service, category, qname = SERVICES[s]
+        v = verdicts.setdefault((s, qtype), Verdict(b"", Rule(category, service), qname,
+                                                    "null", qname, qtype))  # fmt: skip
+        for _ in range(n):
+            rec.hit(CLIENTS[c][0], v)
+        key = (base + offset, *CLIENTS[c], qname, qtype, service, category)
+        per_second[key] = per_second.get(key, 0) + n
+    clock.now = base + 1600
+    assert rec.flush(hold=True)
+    assert rec.flush()
     insert_hits(plain, [(*k, n) for k, n in per_second.items()])
     got, want = rollup_tables(folded), rollup_tables(plain)
     assert sum(r[-1] for r in got.pop("hits")) == sum(r[-1] for r in want.pop("hits"))

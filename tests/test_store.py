@@ -14,26 +14,15 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from resolver.errors import StoreError
 from resolver.policy import Rule, Verdict
-from resolver.store import (
-    ROLLUP_BY_BATCH,
-    SCHEMA_VERSION,
-    Pseudonymizer,
-    Recorder,
-    Store,
-    connect,
-    m001_initial,
-    m002_hits_5min,
-    m003_attempts_and_hourly_rollups,
-    m004_web_users,
-    m005_list_sources,
-    migrate,
-    schema_version,
-    write_hits,
-)
+from resolver.store import Recorder, Store
+from resolver.store.db import connect
+from resolver.store.migrations import MIGRATIONS, Migration
+from resolver.store.pseudonyms import Pseudonymizer
+from resolver.store.rollups import ROLLUP_BY_BATCH, write_hits
+from resolver.store.schema import SCHEMA_VERSION, migrate, pending, schema_version
 from tests.test_report import assert_rollups_exact
 
 CHATGPT = Rule("ai-chatbots", "openai-chatgpt", "ChatGPT (OpenAI)")
@@ -136,23 +125,13 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
         ("m003_attempts_and_hourly_rollups",),
         ("m004_web_users",),
         ("m005_list_sources",),
+        ("m006_central_outbox",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def _one_more() -> Migrations:
-    steps = Migrations("sinkhole")
-    steps()(m001_initial)
-    steps()(m002_hits_5min)
-    steps()(m003_attempts_and_hourly_rollups)
-    steps()(m004_web_users)
-    steps()(m005_list_sources)
-
-    @steps()
-    def m006_hits_note(db: sqlite_utils.Database) -> None:
-        db.execute("ALTER TABLE hits ADD COLUMN note TEXT")
-
-    return steps
+def _one_more() -> tuple[Migration, ...]:
+    return (*MIGRATIONS, Migration("m007_hits_note", ("ALTER TABLE hits ADD COLUMN note TEXT",)))
 
 
 def test_forward_migration_keeps_data_and_raises_the_version(db):
@@ -160,42 +139,73 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _one_more()) == 6
-        assert schema_version(db_) == 6
+        assert migrate(db_, _one_more()) == SCHEMA_VERSION + 1
+        assert schema_version(db_) == SCHEMA_VERSION + 1
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _one_more()) == 6
+        assert migrate(db_, _one_more()) == SCHEMA_VERSION + 1
     finally:
         db_.close()
-    # This code knows five migrations: a newer database is refused, not rewritten.
+    # This code knows SCHEMA_VERSION migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("6",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION + 1),)
+    ]
 
 
 def test_failed_migration_changes_nothing(db):
-    steps = Migrations("sinkhole")
-    steps()(m001_initial)
-    steps()(m002_hits_5min)
-    steps()(m003_attempts_and_hourly_rollups)
-    steps()(m004_web_users)
-    steps()(m005_list_sources)
-
-    @steps()
-    def m006_broken(db: sqlite_utils.Database) -> None:
-        db.execute("CREATE TABLE half_done (x)")
-        raise RuntimeError("bug in a migration")
-
+    broken = Migration(
+        "m007_broken", ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")
+    )
+    steps = (*MIGRATIONS, broken)
     db_ = sqlite_utils.Database(db)
     try:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(sqlite3.OperationalError, match="nowhere"):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 5
-        assert [m.name for m in steps.pending(db_)] == ["m006_broken"]
+        assert schema_version(db_) == SCHEMA_VERSION
+        assert [m.name for m in pending(db_, steps)] == ["m007_broken"]
     finally:
         db_.close()
+
+
+def test_each_migration_is_its_own_transaction(tmp_path):
+    # A new file whose third migration fails keeps the first two, at version 2: the next
+    # start (a fixed release) applies from the third on.
+    path = tmp_path / "new.db"
+    broken = Migration("m003_broken", ("CREATE TABLE half_done (x)", "SELECT * FROM nowhere"))
+    conn = connect(path)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            migrate(conn, (*MIGRATIONS[:2], broken))
+        assert schema_version(conn) == 2
+        assert [m.name for m in pending(conn)] == [m.name for m in MIGRATIONS[2:]]
+        assert migrate(conn) == SCHEMA_VERSION
+    finally:
+        conn.close()
+    assert rows(path, "SELECT name FROM sqlite_master WHERE name = 'half_done'") == []
+
+
+SCHEMA_SNAPSHOT = Path(__file__).with_name("schema.sql")
+
+
+def schema_text(path: Path) -> str:
+    """Every table, index and trigger of a database, as sqlite_master keeps its SQL."""
+    return "".join(
+        f"-- {kind} {name}\n{sql};\n\n"
+        for kind, name, sql in rows(
+            path, "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+        )
+    )
+
+
+def test_a_new_database_gets_the_released_schema_byte_for_byte(tmp_path):
+    # The migrations are frozen: what a new file gets is what every release made, to the
+    # byte (the text of a trigger is its code). A new migration adds to tests/schema.sql.
+    Store(tmp_path / "new.db").close()
+    assert schema_text(tmp_path / "new.db") == SCHEMA_SNAPSHOT.read_text()
 
 
 def test_not_a_database_is_one_clear_error(tmp_path):
@@ -281,10 +291,7 @@ def test_full_buffer_coalesces_per_minute_and_totals_stay_exact(db):
 
 
 class _Clock:
-    """resolver.store's `time`, with a wall clock the test sets."""
-
-    monotonic = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+    """A wall clock the test sets, for the recorder (its `clock=`)."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -293,12 +300,11 @@ class _Clock:
         return self.now
 
 
-def test_tallies_count_every_client_and_second_of_a_shared_verdict(db, monkeypatch):
+def test_tallies_count_every_client_and_second_of_a_shared_verdict(db):
     # A verdict counts one (second, client) at a time; another client, another second or
     # another recorder (a second server in one process, as in tests) moves its count on.
     clock = _Clock(1_800_000_000 - 1_800_000_000 % 60 + 7)
-    monkeypatch.setattr("resolver.store.time", clock)
-    a, b = Recorder(str(db)), Recorder(str(db))
+    a, b = Recorder(str(db), clock=clock.time), Recorder(str(db), clock=clock.time)
     v = verdict("chatgpt.com", "A")
     for rec, client, n in (
         (a, "10.1.9.7", 3), (a, "10.1.9.8", 1), (a, "10.1.9.7", 2), (b, "10.1.9.7", 1),
@@ -319,11 +325,10 @@ def test_tallies_count_every_client_and_second_of_a_shared_verdict(db, monkeypat
     assert (a.backlog, b.backlog) == (0, 0)
 
 
-def test_repeated_lookups_in_a_minute_make_two_rows(db, monkeypatch):
+def test_repeated_lookups_in_a_minute_make_two_rows(db):
     start = 1_800_000_000 - 1_800_000_000 % 60
     clock = _Clock(start)
-    monkeypatch.setattr("resolver.store.time", clock)
-    rec = Recorder(str(db))
+    rec = Recorder(str(db), clock=clock.time)
     for second, n in ((5, 1), (6, 2), (17, 1), (35, 1)):
         clock.now = start + second
         for _ in range(n):
@@ -336,7 +341,7 @@ def test_repeated_lookups_in_a_minute_make_two_rows(db, monkeypatch):
         (start + 5, "10.1.9.7", 1),
         (start + 17, "10.1.9.8", 1),
     ]
-    assert rec.held_hits == 4 and rec.backlog == 0
+    assert rec.batch.held_hits == 4 and rec.backlog == 0
     clock.now = start + 61  # over, but hits of its last second may not be handed over yet
     assert rec.flush(hold=True)
     assert total(db) == 2
@@ -349,14 +354,13 @@ def test_repeated_lookups_in_a_minute_make_two_rows(db, monkeypatch):
         (start + 35, "10.1.9.7", 4),  # the last lookup's second, with the count of the rest
         (start + 62, "10.1.9.7", 1),
     ]
-    assert rec.held_hits == 0 and rec.written == 7
+    assert rec.batch.held_hits == 0 and rec.written == 7
     assert_rollups_exact(db)
 
 
-def test_flush_and_stop_write_the_held_lookups_too(db, monkeypatch):
+def test_flush_and_stop_write_the_held_lookups_too(db):
     clock = _Clock(1_800_000_000 - 1_800_000_000 % 60 + 10)
-    monkeypatch.setattr("resolver.store.time", clock)
-    rec = Recorder(str(db))
+    rec = Recorder(str(db), clock=clock.time)
     for _ in range(3):
         hit(rec, "10.1.9.7")
         clock.now += 1
@@ -367,28 +371,26 @@ def test_flush_and_stop_write_the_held_lookups_too(db, monkeypatch):
     assert rows(db, "SELECT COUNT(*) FROM hits") == [(2,)]
 
 
-def test_held_lookups_stay_bounded(db, monkeypatch):
+def test_held_lookups_stay_bounded(db):
     # Past `buffer_rows` keys in a minute, lookups are written a row per second instead.
     clock = _Clock(1_800_000_000 - 1_800_000_000 % 60)
-    monkeypatch.setattr("resolver.store.time", clock)
-    rec = Recorder(str(db), buffer_rows=20)
+    rec = Recorder(str(db), buffer_rows=20, clock=clock.time)
     for _ in range(3):
         clock.now += 1
         for i in range(30):
             hit(rec, "192.0.2.1", f"n{i}.chatgpt.com")
         assert rec.flush(hold=True)
-    assert sum(len(w) for w in rec.held.values()) == 20
+    assert sum(len(w) for w in rec.batch.held.values()) == 20
     assert rows(db, "SELECT COUNT(*) FROM hits") == [(20 + 10 * 3,)]
     assert rec.flush() and total(db) == 90
 
 
-def test_hits_written_late_after_a_fault_keep_the_rollups_exact(db, monkeypatch):
+def test_hits_written_late_after_a_fault_keep_the_rollups_exact(db):
     # Two workers, one of which could not write for a while: its hits reach the database
     # after newer ones, and the attempt rule must be applied as if they had come in order.
     boundary = 1_800_000_000 - 1_800_000_000 % 3600  # an hour and a 5-minute boundary
     clock = _Clock(boundary - 50)
-    monkeypatch.setattr("resolver.store.time", clock)
-    late, live = Recorder(str(db)), Recorder(str(db))
+    late, live = Recorder(str(db), clock=clock.time), Recorder(str(db), clock=clock.time)
     with Lock(db):
         for _ in range(3):
             hit(late, "10.1.9.7")  # three lookups in one second: one row, count 3
@@ -581,8 +583,37 @@ def test_recorder_purges_old_hits_when_it_starts(db):
 
 
 def test_store_purge_deletes_in_batches(db, monkeypatch):
-    monkeypatch.setattr("resolver.store.PURGE_BATCH_ROWS", 7)
+    monkeypatch.setattr("resolver.store.rollups.PURGE_BATCH_ROWS", 7)
     _age(db, [100] * 50 + [1] * 5)
     with Store(db) as store:
         assert store.purge(int(time.time()) - 90 * 86_400) == 50
     assert total(db) == 5
+
+
+# -- the seam -------------------------------------------------------------------------------------
+
+
+def test_the_sqlite_store_is_a_policy_store(db):
+    # Every method of the protocol, with the parameters it names: a central store is
+    # written against PolicyStore, and the SQLite one must keep honouring it.
+    import inspect
+
+    from resolver.store import PolicyStore
+
+    with Store(db) as store:
+        assert isinstance(store, PolicyStore)
+    for name, member in vars(PolicyStore).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        want = list(inspect.signature(member).parameters)
+        assert list(inspect.signature(getattr(Store, name)).parameters) == want, name
+
+
+def test_store_errors_carry_their_parts(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError) as err:
+        Store(blocker / "sinkhole.db")
+    assert err.value.where == str(blocker / "sinkhole.db")
+    assert err.value.reason.startswith("cannot open database: ")
+    assert str(err.value) == f"{err.value.where}: {err.value.reason}"

@@ -21,7 +21,8 @@ import dns.rcode
 import sqlite_utils
 import yaml
 
-from resolver.store import connect, migrate
+from resolver.store.db import connect
+from resolver.store.schema import migrate
 from tests.conftest import query, raw_udp, run_cli, wait_for
 from tests.dnstest.daemons import free_port
 

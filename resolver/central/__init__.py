@@ -36,8 +36,9 @@ def psycopg():
 def require_central(config: Config) -> CentralConfig:
     if config.central is None:
         raise ConfigError(
-            f"{config.path or '<defaults>'}: central: not configured "
-            "(central: {dsn: postgresql://..., site: NAME})"
+            "not configured (central: {dsn: postgresql://..., site: NAME})",
+            where=config.path or "<defaults>",
+            key="central",
         )
     return config.central
 
@@ -49,7 +50,7 @@ def read_password(central: CentralConfig) -> str | None:
         return Path(central.password_file).read_text(encoding="utf-8").strip("\r\n")
     except OSError as exc:
         raise ConfigError(
-            f"central.password_file: cannot read {central.password_file}: {exc.strerror}"
+            f"cannot read {central.password_file}: {exc.strerror}", key="central.password_file"
         ) from None
 
 

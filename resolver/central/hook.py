@@ -35,7 +35,7 @@ def start_shipper(server: Server) -> Shipper | None:
     except Exception as exc:
         log.error("%s; hits stay in the local database only", exc)
         return None
-    from resolver.store import connect
+    from resolver.store.db import connect
 
     try:
         conn = connect(server.db_path)
@@ -46,8 +46,8 @@ def start_shipper(server: Server) -> Shipper | None:
     except sqlite3.Error as exc:
         log.error("central outbox: %s: %s; the shipper will try again", server.db_path, exc)
     recorder = server.recorder
-    cap = central.outbox_cap_rows
-    recorder.purge_floor = lambda c: outbox.purge_floor(c, cap)
+    # Retention keeps what is not shipped yet (unless outbox_cap_rows is passed).
+    recorder.sink = outbox.OutboxSink(server.db_path, central.outbox_cap_rows)
 
     def adopt_secret() -> None:
         # The recorder reads the key from `settings` again at its next write.

@@ -9,8 +9,9 @@ transaction that writes the rows, whoever writes them (the recorder, an import, 
   were last shipped; `rev` grows at each change, so a change made while a batch was on
   its way keeps the minute in the outbox.
 
-The triggers act only while `settings` holds `central_site` (the shipper writes it), so a
-database that stops using the central store stops filling its outbox. Retention never
+The tables and triggers are the SQLite migration m006 (resolver/store/migrations.py); they
+act only while `settings` holds `central_site` (the shipper writes it), so a database
+that never used the central store keeps an empty outbox. Retention never
 deletes a hit of the outbox (`purge_floor`) unless `outbox_cap_rows` is passed; a hit
 deleted while waiting is counted in `settings.central_dropped` by a trigger.
 """
@@ -19,46 +20,21 @@ from __future__ import annotations
 
 import sqlite3
 
+from resolver.errors import StoreError
+from resolver.store.recorder import SqliteHitSink
+
 SITE_KEY = "central_site"
 DROPPED_KEY = "central_dropped"
 
-STATEMENTS = (
-    "CREATE TABLE IF NOT EXISTS central_hits_outbox (hit_id INTEGER PRIMARY KEY)",
-    """CREATE TABLE IF NOT EXISTS central_traffic_outbox (
-        minute INTEGER PRIMARY KEY, rev INTEGER NOT NULL)""",
-    f"""CREATE TRIGGER IF NOT EXISTS central_hits_out AFTER INSERT ON hits
-        WHEN EXISTS (SELECT 1 FROM settings WHERE key = '{SITE_KEY}') BEGIN
-        INSERT OR IGNORE INTO central_hits_outbox VALUES (NEW.id);
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS central_hits_gone AFTER DELETE ON hits
-        WHEN EXISTS (SELECT 1 FROM central_hits_outbox WHERE hit_id = OLD.id) BEGIN
-        DELETE FROM central_hits_outbox WHERE hit_id = OLD.id;
-        INSERT INTO settings VALUES ('{DROPPED_KEY}', 1)
-            ON CONFLICT(key) DO UPDATE SET value = value + 1;
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS central_traffic_new AFTER INSERT ON traffic
-        WHEN EXISTS (SELECT 1 FROM settings WHERE key = '{SITE_KEY}') BEGIN
-        INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
-            ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS central_traffic_changed AFTER UPDATE ON traffic
-        WHEN EXISTS (SELECT 1 FROM settings WHERE key = '{SITE_KEY}') BEGIN
-        INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
-            ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
-    END""",
-)
-
 
 def install(conn: sqlite3.Connection, site: str) -> bool:
-    """Create the outbox (idempotent) and turn it on for SITE; True when it was off.
+    """Turn the outbox on for SITE (idempotent); True when it was off.
 
     Turning it on queues every hit and traffic minute already there: a site that joins
     the central store sends its history (`sinkhole central push` does the same).
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in STATEMENTS:
-            conn.execute(statement)
         row = conn.execute("SELECT value FROM settings WHERE key = ?", (SITE_KEY,)).fetchone()
         new = row is None
         if new or row[0] != site:
@@ -101,6 +77,27 @@ def state(conn: sqlite3.Connection) -> dict:
         "oldest_unshipped": oldest,
         "dropped": int(row[0]) if row else 0,
     }
+
+
+class OutboxSink(SqliteHitSink):
+    """The recorder's SQLite sink on a site of the central store: retention keeps the
+    hits not shipped yet, unless more than `cap` wait (then the oldest go, counted)."""
+
+    def __init__(self, path: str, cap: int) -> None:
+        super().__init__(path)
+        self.cap = cap
+
+    def purge(self, hits_before: int, traffic_before: int) -> int:
+        conn = self._open()
+        try:
+            floor = purge_floor(conn, self.cap)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot purge: {exc}", where=self.path) from None
+        finally:
+            conn.close()
+        return super().purge(
+            hits_before if floor is None else min(hits_before, floor), traffic_before
+        )
 
 
 def purge_floor(conn: sqlite3.Connection, cap: int) -> int | None:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from resolver.central import CentralError, connect, first_line, psycopg
+from resolver.central import CentralError, connect, first_line, psycopg, redact
 from resolver.config import CentralConfig
 from resolver.errors import SinkholeError
 from resolver.store import Store
@@ -96,6 +96,7 @@ class PolicyStore(Store):
         self._tmp = tempfile.mkdtemp(prefix="sinkhole-policy-")
         try:
             super().__init__(Path(self._tmp) / "policy.db")
+            self.path = f"central store {redact(central.dsn)}"  # for messages
             pg = psycopg()
             try:
                 from resolver.central.schema import require_schema

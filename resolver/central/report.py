@@ -42,8 +42,9 @@ def _pick_sites(conn, wanted: Sequence[str]) -> list[str]:
 def materialize(conn, path: str, sites: Sequence[str], t0: int, t1: int) -> None:
     """Write the central hits and traffic of SITES in [t0 - lead, t1) into a new SQLite
     report database at PATH."""
-    from resolver.store import Store, write_hits
-    from resolver.store import connect as sqlite_connect
+    from resolver.store import Store
+    from resolver.store.db import connect as sqlite_connect
+    from resolver.store.rollups import write_hits
 
     Store(path).close()
     local = sqlite_connect(path)
@@ -197,3 +198,32 @@ def recent_hits(
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     except pg.Error as exc:
         raise CentralError(f"central store: {first_line(exc)}") from None
+
+
+def sites_section(data: dict[str, Any], fmt: str) -> str:
+    """The per-site breakdown for the text and markdown reports ('' for other formats,
+    whose data carries it as `sites`)."""
+    from resolver.presentation import strip_controls
+
+    rows = data.get("sites")
+    if not rows or fmt not in ("text", "markdown"):
+        return ""
+    if fmt == "markdown":
+        lines = [
+            "",
+            "## Sites",
+            "",
+            "| Site | Blocked | Attempts | Gaps |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for r in rows:
+            site = strip_controls(r["site"])
+            lines.append(f"| {site} | {r['blocked']} | {r['attempts']} | {len(r['gaps'])} |")
+        return "\n".join(lines) + "\n"
+    lines = ["", "Sites (blocked, attempts, gaps in the period):"]
+    for r in rows:
+        kinds = ", ".join(sorted({g["kind"] for g in r["gaps"]})) or "none"
+        lines.append(
+            f"  {strip_controls(r['site']):<24} {r['blocked']:>8} {r['attempts']:>8}  gaps: {kinds}"
+        )
+    return "\n".join(lines) + "\n"

@@ -194,7 +194,7 @@ class Shipper:
             local.close()
 
     def _local(self) -> sqlite3.Connection:
-        from resolver.store import connect as sqlite_connect
+        from resolver.store.db import connect as sqlite_connect
 
         return sqlite_connect(self.db_path)
 

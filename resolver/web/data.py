@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from resolver import report as rpt
 from resolver.catalog import Catalog
 from resolver.config import Config
-from resolver.store import HOUR_SECONDS, SVC_SQL
+from resolver.store.rollups import HOUR_SECONDS, SVC_SQL
 
 #: Ranges of the overview: (key, hours of the trend or days, bar width).
 RANGES = ("24h", "week", "30d")

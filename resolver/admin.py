@@ -1,0 +1,181 @@
+"""The administrator's commands as library functions, one per CLI command.
+
+The CLI (resolver/cli.py) parses arguments, calls one of these with a PolicyStore
+(resolver.store) and prints what it returns; the work, and every error with its parts
+(`where`, `reason`), is here, so the dashboard or a central store can reuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from resolver.errors import SinkholeError
+from resolver.policy import policy_sources
+from resolver.presentation import display_name, strip_controls
+
+if TYPE_CHECKING:
+    from resolver.catalog import Catalog
+    from resolver.config import Config
+    from resolver.store import PolicyStore
+
+
+def list_overview(store: PolicyStore, catalog: Catalog) -> tuple[list[dict[str, Any]], set[str]]:
+    """`sinkhole lists`: every catalog service (in catalog order) with its state, then
+    every imported list; and the services new since the server's last start."""
+    rows = {r["name"]: r for r in store.lists()}
+    new = store.new_services()
+    out = []
+    for category, ids in catalog.categories.items():
+        for sid in ids:
+            svc = catalog.services[sid]
+            row = rows.get(sid, {})
+            api = rows.get(f"{sid}:api")
+            out.append(
+                {
+                    "name": sid,
+                    "kind": "service",
+                    "category": category,
+                    "title": svc.name,
+                    "enabled": bool(row.get("enabled")),
+                    "domains": len(svc.domains),
+                    "api": len(svc.api),
+                    "api_blocked": bool(api["enabled"]) if api else None,
+                    "new": sid in new,
+                    "added": row.get("added"),
+                }
+            )
+    for r in rows.values():
+        if r["kind"] == "imported":
+            out.append(
+                {
+                    "name": r["name"],
+                    "kind": "imported",
+                    "category": r["category"],
+                    "title": r["source"],
+                    "enabled": bool(r["enabled"]),
+                    "domains": r["domains"],
+                    "allow": r["allows"],
+                    "errors": r["errors"],
+                    "updated": r["updated"],
+                    "checked": r["checked"],
+                }
+            )
+    return out, new
+
+
+def resolve_list_names(store: PolicyStore, catalog: Catalog, names: Iterable[str]) -> list[str]:
+    """Categories to their services; service ids, `id:api` and imported lists as they are.
+
+    Raises:
+        SinkholeError: a name is none of them.
+    """
+    known = {r["name"] for r in store.lists()}
+    out: list[str] = []
+    for name in names:
+        if name in catalog.categories:
+            out.extend(catalog.categories[name])
+        elif name in known:
+            out.append(name)
+        else:
+            raise SinkholeError(
+                f"unknown list {name!r}: use a category ({', '.join(catalog.categories)}), "
+                f"a service id or an imported list (see `sinkhole lists`)"
+            )
+    return out
+
+
+def toggle_lists(
+    store: PolicyStore,
+    catalog: Catalog,
+    names: Iterable[str],
+    enabled: bool,
+    *,
+    command: str,
+    comment: str | None = None,
+) -> list[str]:
+    """`sinkhole lists enable|disable`: the services and lists it switched."""
+    targets = resolve_list_names(store, catalog, names)
+    store.set_enabled(targets, enabled, command=command, comment=comment)
+    return targets
+
+
+@dataclass(frozen=True)
+class RuleEdit:
+    """What `edit_rules` did: the patterns changed, and those it found no rule for."""
+
+    done: list[str]
+    missing: list[str]
+
+
+def edit_rules(
+    store: PolicyStore,
+    patterns: list[str],
+    action: str,
+    add: bool,
+    *,
+    command: str,
+    comment: str | None = None,
+) -> RuleEdit:
+    """`sinkhole block|unblock|allow|unallow`: add or remove custom rules."""
+    if add:
+        store.add_rules(patterns, action, command=command, comment=comment)
+        return RuleEdit(list(patterns), [])
+    missing = store.remove_rules(patterns, action, command=command, comment=comment)
+    return RuleEdit([p for p in patterns if p not in missing], missing)
+
+
+@dataclass(frozen=True)
+class Export:
+    """What `export_policy` wrote: the text, and the patterns it was made of."""
+
+    text: str
+    block: int
+    allow: int
+
+
+def export_policy(
+    store: PolicyStore, catalog: Catalog, config: Config, fmt: str, header: str = ""
+) -> Export:
+    """`sinkhole export`: what the policy blocks and allows now, in format `fmt`.
+
+    The patterns are the ones `build_policy` compiles (`policy_sources`).
+
+    Raises:
+        ListError: unknown format or a bad sinkhole address.
+    """
+    from resolver.listformats import export
+
+    state = store.policy_state()
+    block: list[str] = []
+    allow: list[str] = []
+    for kind, patterns, _ in policy_sources(catalog, state):
+        (block if kind == "block" else allow).extend(patterns)
+    text = export(
+        block,
+        allow,
+        fmt,
+        config.sinkhole.ipv4,
+        config.sinkhole.ipv6,
+        config.sinkhole.ttl,
+        header=header,
+    )
+    return Export(text, len(block), len(allow))
+
+
+def recent_hits(store: PolicyStore, since: int, limit: int) -> list[dict[str, Any]]:
+    """`sinkhole hits`: the hits since `since` (unix seconds), newest first, every name
+    from the wire in presentation format and the rest without control bytes."""
+    return clean_hits(store.recent_hits(since, limit))
+
+
+def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hit rows for display: names in presentation format, the rest without control
+    bytes (`site`: the central store's, issue 14)."""
+    for r in rows:
+        r["qname"] = display_name(r["qname"])
+        for key in ("client", "client_group", "service", "category", "rule", "action", "site"):
+            if isinstance(r.get(key), str):
+                r[key] = strip_controls(r[key])
+    return rows
