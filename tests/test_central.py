@@ -568,3 +568,25 @@ def test_workers_of_one_site_ship_each_hit_once(sinkhole, central_dsn: str) -> N
     time.sleep(2)  # a second shipper, had it run, would have sent something by now
     assert _central_sums(central_dsn, "dns1") == (40, 40, 40)
     assert _central_rows(central_dsn, "dns1") == _local_rows(proc)
+
+
+def test_the_dashboard_does_not_edit_a_central_policy(dashboard) -> None:
+    from tests.test_web_api import ADMIN, csrf, login
+
+    web = dashboard(
+        {"central": {"dsn": "postgresql://sinkhole@127.0.0.1:1/none", "site": "dns1"}},
+        start=False,
+    )
+    web.add_user(ADMIN[0], "admin", ADMIN[1])
+    web.start()
+    with login(web, ADMIN) as c:
+        h = {"X-CSRF-Token": csrf(c)}
+        r = c.post("/api/rules/block", json={"names": ["x.example"]}, headers=h)
+        assert r.status_code == 409 and "change the policy with the CLI" in r.json()["error"]
+        r = c.post("/api/services/openai-chatgpt/disable", headers=h)
+        assert r.status_code == 409
+    conn = sqlite3.connect(web.config["database"])
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM rules").fetchone()[0] == 0
+    finally:
+        conn.close()
