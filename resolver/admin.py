@@ -167,10 +167,15 @@ def export_policy(
 def recent_hits(store: PolicyStore, since: int, limit: int) -> list[dict[str, Any]]:
     """`sinkhole hits`: the hits since `since` (unix seconds), newest first, every name
     from the wire in presentation format and the rest without control bytes."""
-    rows = store.recent_hits(since, limit)
+    return clean_hits(store.recent_hits(since, limit))
+
+
+def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hit rows for display: names in presentation format, the rest without control
+    bytes (`site`: the central store's, issue 14)."""
     for r in rows:
         r["qname"] = display_name(r["qname"])
-        for key in ("client", "client_group", "service", "category", "rule", "action"):
+        for key in ("client", "client_group", "service", "category", "rule", "action", "site"):
             if isinstance(r.get(key), str):
                 r[key] = strip_controls(r[key])
     return rows

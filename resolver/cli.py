@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -16,85 +14,18 @@ from typing import Any
 import click
 
 from resolver import __version__
-from resolver.config import CONFIG_ENV, DB_ENV, Config, load_config
-from resolver.config import parse_duration as config_duration
+from resolver.cli_common import (
+    SinkholeGroup,
+    command_line,
+    common,
+    get_config,
+    normalize_names,
+    open_store,
+    parse_duration,
+)
+from resolver.config import CONFIG_ENV
 from resolver.errors import ConfigError, SinkholeError
 from resolver.presentation import display_name
-
-
-class SinkholeGroup(click.Group):
-    """Turns every SinkholeError (and stray OS/SQLite errors) into one line and exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SinkholeError as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise click.ClickException(f"database: {exc}") from None
-        except OSError as exc:
-            name = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{name}{exc.strerror or exc}") from None
-
-
-def common(f: Callable) -> Callable:
-    """--config and --db, taken by every command."""
-    f = click.option(
-        "--db",
-        "db",
-        envvar=DB_ENV,
-        type=click.Path(dir_okay=False),
-        help="SQLite database (default: `database` of the config).",
-    )(f)
-    f = click.option(
-        "--config",
-        "config_path",
-        envvar=CONFIG_ENV,
-        type=click.Path(dir_okay=False),
-        help="YAML config file (default: built-in defaults).",
-    )(f)
-    return f
-
-
-def get_config(config_path: str | None, db: str | None) -> Config:
-    config = load_config(config_path)
-    return config.with_overrides(database=db)
-
-
-def command_line(*args: str) -> str:
-    """The command as typed, for the audit trail: `sinkhole block x.com`."""
-    ctx = click.get_current_context()
-    return shlex.join([*ctx.command_path.split(), *args])
-
-
-def open_store(config: Config):
-    """The database, with every catalog service given a row (config seeds new ones)."""
-    from resolver.catalog import load_catalog
-    from resolver.store import open_store as open_database
-
-    catalog = load_catalog(config.catalog)
-    store = open_database(config)
-    store.seed(catalog, config.lists)
-    return store, catalog
-
-
-def parse_duration(text: str) -> int:
-    try:
-        return config_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def normalize_names(names: tuple[str, ...]) -> list[str]:
-    from resolver.catalog import normalize_name
-
-    out = []
-    for n in names:
-        try:
-            out.append(normalize_name(n))
-        except ValueError as exc:
-            raise click.BadParameter(f"{n!r}: {exc}") from None
-    return out
 
 
 @click.group(cls=SinkholeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -658,18 +589,32 @@ def export_cmd(config_path, db, fmt, output) -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def hits(config_path, db, since, limit, as_json) -> None:
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME",
+    help="With a central store: only this site (repeatable; default: all).",
+)
+def hits(config_path, db, since, limit, as_json, sites) -> None:
     """Recent blocked attempts, newest first.
 
     Example: sinkhole hits --since 7d --limit 20
     """
-    from resolver.admin import recent_hits
+    from resolver.admin import clean_hits, recent_hits
     from resolver.store import open_store as open_database
 
     seconds = parse_duration(since)
     config = get_config(config_path, db)
-    with open_database(config) as store:
-        rows = recent_hits(store, int(time.time()) - seconds, limit)
+    if sites and config.central is None:
+        raise click.UsageError("--site needs a central section in the config")
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import recent_hits as central_hits
+
+        rows = clean_hits(central_hits(config.central, int(time.time()) - seconds, limit, sites))
+    else:
+        with open_database(config) as store:
+            rows = recent_hits(store, int(time.time()) - seconds, limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -680,8 +625,9 @@ def hits(config_path, db, since, limit, as_json) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"]))
         who = r["client"] or r["client_group"] or "-"
         count = f" x{r['count']}" if r["count"] > 1 else ""
+        site = f"{r['site']:<16}  " if "site" in r else ""
         click.echo(
-            f"{when}  {who:<20}  {r['qtype']:<6} {r['qname']}  "
+            f"{when}  {site}{who:<20}  {r['qtype']:<6} {r['qname']}  "
             f"({r['service'] or r['category']}: {r['rule']}, {r['action']}){count}"
         )
 
@@ -724,6 +670,13 @@ def hits(config_path, db, since, limit, as_json) -> None:
     type=click.Choice(["en", "fr"]),
     help="Language of the report and its mail (default: report.lang of the config, else en).",
 )
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="NAME",
+    help="With a central store: only this site (repeatable; default: all).",
+)
 def report(
     config_path: str | None,
     db: str | None,
@@ -736,6 +689,7 @@ def report(
     mail_to: tuple[str, ...],
     top: int,
     lang: str | None,
+    sites: tuple[str, ...],
 ) -> None:
     """Report of blocked attempts per service, day and group, with gaps in recording.
 
@@ -755,20 +709,36 @@ def report(
     tz = config.timezone or rpt.local_timezone()
     start, end = rpt.parse_range(since, until, tz) if since else rpt.week_bounds(week, tz)
     catalog = load_catalog(config.catalog)
-    Store(config.database).close()  # creates or migrates the file: a new install gets a report
-    data = rpt.build_report(
-        config.database,
-        start=start,
-        end=end,
-        tz=tz,
-        privacy=config.privacy.clients,
-        retention_days=config.privacy.retention_days,
-        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
-        service_names={sid: s.name for sid, s in catalog.services.items()},
-        top=top,
-        lang=lang or config.report.lang,
-    )
+    if sites and config.central is None:
+        raise click.UsageError("--site needs a central section in the config")
+
+    def build(path: str) -> dict:
+        return rpt.build_report(
+            path,
+            start=start,
+            end=end,
+            tz=tz,
+            privacy=config.privacy.clients,
+            retention_days=config.privacy.retention_days,
+            groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+            service_names={sid: s.name for sid, s in catalog.services.items()},
+            top=top,
+            lang=lang or config.report.lang,
+        )
+
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import central_report
+
+        t0, t1 = int(start.timestamp()), int(end.timestamp())
+        data = central_report(config.central, build, t0, t1, sites)
+    else:
+        Store(config.database).close()  # creates or migrates the file: a new install gets one
+        data = build(config.database)
     text = rpt.RENDERERS[fmt](data)
+    if config.central is not None:
+        from resolver.central.report import sites_section
+
+        text += sites_section(data, fmt)
     if output:
         label = data["period"]["week"] or data["period"]["start"][:10]
         path = Path(output.replace("{week}", label))
@@ -1113,6 +1083,12 @@ def users_remove(config_path, db, name) -> None:
     with Store(config.database) as store:
         remove_user(store, name)
     click.echo(f"removed {name}")
+
+
+# The central store's commands: `sinkhole central init|push|purge`, `sinkhole sites`.
+from resolver.central.commands import register as _register_central  # noqa: E402
+
+_register_central(cli)
 
 
 def main() -> None:

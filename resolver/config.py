@@ -128,6 +128,24 @@ class WebConfig:
         return bool(self.tls_cert) or self.behind_proxy
 
 
+SITE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """The central store on PostgreSQL (issue 14, resolver/central): this site's name in it,
+    how to reach it, and how much the local outbox may hold before the oldest rows go."""
+
+    dsn: str
+    site: str
+    password_file: str | None = None
+    #: Rows sent to PostgreSQL per transaction.
+    batch_rows: int = 5_000
+    #: Unshipped hits the local database keeps at most; past it retention deletes the
+    #: oldest even unshipped (counted in settings, logged, shown by `sinkhole sites`).
+    outbox_cap_rows: int = 5_000_000
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """`report:` the weekly report's and its mail's language."""
@@ -162,6 +180,8 @@ class Config:
     catalog: str | None = None
     web: WebConfig = field(default_factory=WebConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    #: None: SQLite alone, as ever.
+    central: CentralConfig | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with the given top-level fields replaced (CLI options)."""
@@ -505,6 +525,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     rep = top.section("report")
     report = ReportConfig(lang=rep.choice("lang", "en", REPORT_LANGUAGES))
     rep.finish()
+    central = (
+        _central_config(top.section("central")) if top.get("central", None) is not None else None
+    )
     top.finish()
     return Config(
         path=source,
@@ -530,7 +553,60 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         catalog=catalog,
         web=web,
         report=report,
+        central=central,
     )
+
+
+def _central_config(c: _Reader) -> CentralConfig:
+    dsn = c.string("dsn", None, allow_none=True)
+    if not dsn:
+        c.fail(c.key("dsn"), "is required (like postgresql://sinkhole@db.example.org/sinkhole)")
+    assert dsn is not None
+    if not (dsn.startswith(("postgresql://", "postgres://")) or "=" in dsn):
+        c.fail(c.key("dsn"), f"{dsn!r} is not a PostgreSQL URI (postgresql://user@host/db)")
+    if _dsn_has_password(dsn):
+        c.fail(
+            c.key("dsn"),
+            "must not hold the password: use central.password_file or PGPASSWORD/PGPASSFILE",
+        )
+    site = c.string("site", None, allow_none=True)
+    if not site:
+        c.fail(c.key("site"), "is required: this resolver's name, like hotel-de-ville")
+    assert site is not None
+    if len(site) > 63 or not set(site) <= SITE_CHARS:
+        c.fail(
+            c.key("site"),
+            f"{site!r} must be 1 to 63 of a-z, 0-9, '-', '_', '.' (like hotel-de-ville)",
+        )
+    password_file = c.string("password_file", None, allow_none=True)
+    if password_file:
+        try:
+            mode = os.stat(password_file).st_mode
+        except OSError as exc:
+            c.fail(c.key("password_file"), f"cannot read {password_file}: {exc.strerror}")
+        if mode & 0o004:
+            c.fail(
+                c.key("password_file"),
+                f"{password_file} is world-readable: chmod o-r it (0600 or 0640)",
+            )
+    central = CentralConfig(
+        dsn=dsn,
+        site=site,
+        password_file=password_file or None,
+        batch_rows=c.integer("batch_rows", 5_000, 1, 1_000_000),
+        outbox_cap_rows=c.integer("outbox_cap_rows", 5_000_000, 1_000),
+    )
+    c.finish()
+    return central
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    if dsn.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(dsn)
+        return parts.password is not None or "password" in parse_qs(parts.query)
+    return any(word.split("=", 1)[0].strip() == "password" for word in dsn.split())
 
 
 def _web_config(w: _Reader) -> WebConfig:

@@ -234,6 +234,10 @@ class SinkholeCollector(Collector):
         yield InfoMetricFamily(
             "sinkhole_build", "sinkhole version.", value={"version": __version__}
         )
+        if stats["shipper"] is not None:  # the central store (resolver/central)
+            from resolver.central.hook import metric_families
+
+            yield from metric_families(stats["shipper"])
 
 
 class _Handler(BaseHTTPRequestHandler):

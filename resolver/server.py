@@ -262,6 +262,9 @@ class Server:
         self.started = time.time()
         self.metrics = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The central store's shipper (resolver/central), when `central` is configured.
+        self.shipper = None
+        self.policy_watcher = None
         self.overrides: dict = {}
         self.watcher: asyncio.Task | None = None
         self.reloading = asyncio.Lock()
@@ -327,6 +330,12 @@ class Server:
                 self.tcp_servers.append(server)
         self.loop = loop
         self.recorder.attach(loop)
+        # central: the outbox is on before the recorder's first write.
+        if self.config.central is not None:
+            from resolver.central.hook import start_policy_watcher, start_shipper
+
+            self.shipper = start_shipper(self)
+            self.policy_watcher = start_policy_watcher(self, loop)
         self.recorder.start()
         self.spawn(self._record_privacy("start"))
         self.watcher = asyncio.ensure_future(self._watch_policy())
@@ -506,6 +515,10 @@ class Server:
         loop = asyncio.get_running_loop()
         self.recorder.detach()
         await loop.run_in_executor(None, self.recorder.stop, SHUTDOWN_FLUSH)
+        if self.shipper is not None:  # central: what it has not sent waits in the outbox
+            await loop.run_in_executor(None, self.shipper.stop, 1.0)
+        if self.policy_watcher is not None:
+            await loop.run_in_executor(None, self.policy_watcher.stop, 1.0)
         if self.metrics is not None:
             self.metrics.stop()
 
@@ -520,6 +533,7 @@ class Server:
             policy_version=self.policy_version,
             started=self.started,
             upstreams=list(self.forwarder.upstreams),
+            shipper=self.shipper,
             listeners_open=bool(self.transports)
             and bool(self.tcp_servers)
             and all(not t.is_closing() for t in self.transports)

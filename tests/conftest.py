@@ -23,6 +23,7 @@ from tests.dnstest.authserver import AuthServer
 from tests.dnstest.sinkhole import SinkholeProcess
 from tests.dnstest.webserver import WebProcess
 from tests.dnstest.zone import Zone, build_zone
+from tests.pgtest import PgCluster, PgError, pg_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +90,40 @@ def sinkhole(tmp_path: Path, upstream: AuthServer) -> Iterator[SinkholeFactory]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (tests/pgtest.py), stopped by PID.
+
+    Its folder is a new one under /tmp, not pytest's: those are private to root, and the
+    cluster runs as `postgres` when the tests run as root.
+    """
+    if pg_tool("initdb") is None or pg_tool("pg_ctl") is None:
+        message = "PostgreSQL's initdb/pg_ctl are not installed (Debian package postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    pytest.importorskip("psycopg")
+    cluster = PgCluster()
+    try:
+        cluster.create().start()
+    except PgError as exc:
+        cluster.destroy()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def central_dsn(pg_cluster: PgCluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's cluster, for one test."""
+    if not pg_cluster.running():
+        pg_cluster.start()  # a test that stopped it and failed before starting it again
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    return pg_cluster.create_database(name)
 
 
 WebFactory = Callable[..., WebProcess]

@@ -206,3 +206,38 @@ CREATE TABLE list_updates (
 -- index list_updates_ts
 CREATE INDEX list_updates_ts ON list_updates(ts);
 
+-- table central_hits_outbox
+CREATE TABLE central_hits_outbox (hit_id INTEGER PRIMARY KEY);
+
+-- table central_traffic_outbox
+CREATE TABLE central_traffic_outbox (
+            minute INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+
+-- trigger central_hits_out
+CREATE TRIGGER central_hits_out AFTER INSERT ON hits
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT OR IGNORE INTO central_hits_outbox VALUES (NEW.id);
+        END;
+
+-- trigger central_hits_gone
+CREATE TRIGGER central_hits_gone AFTER DELETE ON hits
+            WHEN EXISTS (SELECT 1 FROM central_hits_outbox WHERE hit_id = OLD.id) BEGIN
+            DELETE FROM central_hits_outbox WHERE hit_id = OLD.id;
+            INSERT INTO settings VALUES ('central_dropped', 1)
+                ON CONFLICT(key) DO UPDATE SET value = value + 1;
+        END;
+
+-- trigger central_traffic_new
+CREATE TRIGGER central_traffic_new AFTER INSERT ON traffic
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
+                ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
+        END;
+
+-- trigger central_traffic_changed
+CREATE TRIGGER central_traffic_changed AFTER UPDATE ON traffic
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
+                ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
+        END;
+

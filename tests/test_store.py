@@ -125,12 +125,13 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
         ("m003_attempts_and_hourly_rollups",),
         ("m004_web_users",),
         ("m005_list_sources",),
+        ("m006_central_outbox",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
 def _one_more() -> tuple[Migration, ...]:
-    return (*MIGRATIONS, Migration("m006_hits_note", ("ALTER TABLE hits ADD COLUMN note TEXT",)))
+    return (*MIGRATIONS, Migration("m007_hits_note", ("ALTER TABLE hits ADD COLUMN note TEXT",)))
 
 
 def test_forward_migration_keeps_data_and_raises_the_version(db):
@@ -138,23 +139,25 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
         store.add_rules(["example.com"], "block", command="test")
     db_ = sqlite_utils.Database(db)
     try:
-        assert migrate(db_, _one_more()) == 6
-        assert schema_version(db_) == 6
+        assert migrate(db_, _one_more()) == SCHEMA_VERSION + 1
+        assert schema_version(db_) == SCHEMA_VERSION + 1
         assert "note" in db_["hits"].columns_dict
         assert [r["pattern"] for r in db_["rules"].rows] == ["example.com"]
         # Applying again changes nothing.
-        assert migrate(db_, _one_more()) == 6
+        assert migrate(db_, _one_more()) == SCHEMA_VERSION + 1
     finally:
         db_.close()
-    # This code knows five migrations: a newer database is refused, not rewritten.
+    # This code knows SCHEMA_VERSION migrations: a newer database is refused, not rewritten.
     with pytest.raises(StoreError, match="newer"):
         Store(db)
-    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [("6",)]
+    assert rows(db, "SELECT value FROM settings WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION + 1),)
+    ]
 
 
 def test_failed_migration_changes_nothing(db):
     broken = Migration(
-        "m006_broken", ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")
+        "m007_broken", ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")
     )
     steps = (*MIGRATIONS, broken)
     db_ = sqlite_utils.Database(db)
@@ -162,8 +165,8 @@ def test_failed_migration_changes_nothing(db):
         with pytest.raises(sqlite3.OperationalError, match="nowhere"):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
-        assert schema_version(db_) == 5
-        assert [m.name for m in pending(db_, steps)] == ["m006_broken"]
+        assert schema_version(db_) == SCHEMA_VERSION
+        assert [m.name for m in pending(db_, steps)] == ["m007_broken"]
     finally:
         db_.close()
 

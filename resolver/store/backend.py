@@ -150,6 +150,11 @@ class PolicyStore(Protocol):
 
 
 def open_store(config: Config) -> PolicyStore:
-    """The store the config names: today its SQLite `database`. A central store is an
-    addition here (`config.central`), beside the SQLite one, not a rewrite of it."""
+    """The store the config names: its SQLite `database`, or with `central` the policy of
+    all sites on PostgreSQL (resolver/central/policy.py; this machine's copy of it,
+    read-only, while PostgreSQL is unreachable)."""
+    if config.central is not None:
+        from resolver.central.policy import open_policy_store
+
+        return open_policy_store(config.central, config.database)
     return Store(config.database)

@@ -311,6 +311,42 @@ m005_list_sources = Migration(
     ),
 )
 
+# The central store (issue 14, resolver/central/outbox.py): the SQLite file is the
+# site's outbox. `central_hits_outbox` holds the hits PostgreSQL has not confirmed yet,
+# `central_traffic_outbox` the traffic minutes changed since last shipped (`rev` grows
+# at each change, so a change made while a batch is on its way keeps the minute there).
+# The triggers act only while `settings` has `central_site` (written by the shipper):
+# without `central` the outbox stays empty. A hit deleted while waiting (retention at
+# `central.outbox_cap_rows`) is counted in `settings.central_dropped`.
+m006_central_outbox = Migration(
+    "m006_central_outbox",
+    (
+        """CREATE TABLE central_hits_outbox (hit_id INTEGER PRIMARY KEY)""",
+        """CREATE TABLE central_traffic_outbox (
+            minute INTEGER PRIMARY KEY, rev INTEGER NOT NULL)""",
+        """CREATE TRIGGER central_hits_out AFTER INSERT ON hits
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT OR IGNORE INTO central_hits_outbox VALUES (NEW.id);
+        END""",
+        """CREATE TRIGGER central_hits_gone AFTER DELETE ON hits
+            WHEN EXISTS (SELECT 1 FROM central_hits_outbox WHERE hit_id = OLD.id) BEGIN
+            DELETE FROM central_hits_outbox WHERE hit_id = OLD.id;
+            INSERT INTO settings VALUES ('central_dropped', 1)
+                ON CONFLICT(key) DO UPDATE SET value = value + 1;
+        END""",
+        """CREATE TRIGGER central_traffic_new AFTER INSERT ON traffic
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
+                ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
+        END""",
+        """CREATE TRIGGER central_traffic_changed AFTER UPDATE ON traffic
+            WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'central_site') BEGIN
+            INSERT INTO central_traffic_outbox VALUES (NEW.minute, 1)
+                ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
+        END""",
+    ),
+)
+
 #: Every migration, in the order they apply; the schema version is their number.
 MIGRATIONS = (
     m001_initial,
@@ -318,4 +354,5 @@ MIGRATIONS = (
     m003_attempts_and_hourly_rollups,
     m004_web_users,
     m005_list_sources,
+    m006_central_outbox,
 )

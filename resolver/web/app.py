@@ -644,9 +644,19 @@ async def api_services(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(services_rows, web_of(request)))
 
 
+#: With `central`, the policy lives in PostgreSQL and each site's file holds a copy that
+#: the next central version replaces: an edit here would be lost (docs/operations.md).
+CENTRAL_POLICY = (
+    "this site uses a central store: change the policy with the CLI "
+    "(sinkhole block, allow, lists enable ...); the dashboard shows this site's copy"
+)
+
+
 @requires("admin")
 async def api_service_toggle(request: Request) -> Response:
     web = web_of(request)
+    if web.config.central is not None:
+        return error(request, 409, CENTRAL_POLICY)
     sid = request.path_params["sid"]
     verb = request.path_params["verb"]
     if verb not in ("enable", "disable"):
@@ -713,6 +723,8 @@ async def api_rules(request: Request) -> Response:
 @requires("admin")
 async def api_rule_change(request: Request) -> Response:
     web = web_of(request)
+    if web.config.central is not None:
+        return error(request, 409, CENTRAL_POLICY)
     verb = request.path_params["verb"]
     if verb not in RULE_VERBS:
         raise HTTPException(404, "block, unblock, allow or unallow")
