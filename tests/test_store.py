@@ -210,6 +210,7 @@ RELEASED = {
     "m003_attempts_and_hourly_rollups": "f5f5a9b17c790391",
     "m004_web_users": "d25d7e9884574d78",
     "m005_list_sources": "3a4740777ccf6a92",
+    "m006_central_outbox": "9fa1a35d13e4f37e",
 }
 
 
