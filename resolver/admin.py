@@ -179,3 +179,52 @@ def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(r.get(key), str):
                 r[key] = strip_controls(r[key])
     return rows
+
+
+def build_report_for(
+    config: Config,
+    catalog: Catalog,
+    start: Any,
+    end: Any,
+    *,
+    tz: str,
+    top: int = 10,
+    lang: str | None = None,
+    sites: Iterable[str] = (),
+) -> dict[str, Any]:
+    """`sinkhole report`'s dict (and the dashboard's): this site's database, or with
+    `central` every site's record (or SITES) in the central store.
+
+    Raises:
+        SinkholeError: --site without a central store, or the store cannot be read.
+    """
+    from resolver import report as rpt
+
+    sites = tuple(sites)
+    if sites and config.central is None:
+        raise SinkholeError("--site needs a central section in the config")
+
+    def build(path: str) -> dict:
+        return rpt.build_report(
+            path,
+            start=start,
+            end=end,
+            tz=tz,
+            privacy=config.privacy.clients,
+            retention_days=config.privacy.retention_days,
+            groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+            service_names={sid: s.name for sid, s in catalog.services.items()},
+            top=top,
+            lang=lang or config.report.lang,
+        )
+
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import central_report
+
+        return central_report(
+            config.central, build, int(start.timestamp()), int(end.timestamp()), sites
+        )
+    from resolver.store import Store
+
+    Store(config.database).close()  # creates or migrates the file: a new install gets one
+    return build(config.database)

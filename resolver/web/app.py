@@ -42,9 +42,9 @@ from resolver import report as rpt
 from resolver.admin import list_overview
 from resolver.catalog import load_catalog, normalize_name
 from resolver.config import Config, parse_duration
-from resolver.errors import SinkholeError, StoreError
+from resolver.errors import SinkholeError
 from resolver.presentation import display_name, strip_controls
-from resolver.store import Store
+from resolver.store import PolicyStore, Store, open_store
 from resolver.users import clear_failures as clear_login_failures
 from resolver.users import failures, get_user, password_hash, record_failure, verify_password
 from resolver.web import charts, data
@@ -137,7 +137,16 @@ class Web:
         return env
 
     def store(self) -> Store:
+        """This site's database: accounts, the attempts log, and the policy it enforces."""
         return Store(self.config.database)
+
+    def policy_store(self) -> PolicyStore:
+        """Where a policy edit goes, as for the CLI (store.open_store): this site's
+        database, or with `central` the policy of every site in PostgreSQL (refused in
+        one line, nothing changed, while PostgreSQL is away)."""
+        store = open_store(self.config)
+        store.seed(self.catalog, self.config.lists)
+        return store
 
     def gettext(self, lang: str) -> Callable[[str], str]:
         return translations(lang).gettext
@@ -439,6 +448,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
         "report": chosen,
         "trend_svg": trend,
         "services_svg": charts.services_svg(chosen["services"][:10], lang),
+        "central": data.sites_overview(web.config),
     }
 
 
@@ -589,6 +599,18 @@ async def api_stream(request: Request) -> Response:
 
 
 @requires()
+async def api_sites(request: Request) -> Response:
+    """As `sinkhole sites --json`, with each site's shipping lag; 404 without central."""
+    web = web_of(request)
+    if web.config.central is None:
+        raise HTTPException(404, "no central store in the config: one site, no sites")
+    overview = await run_in_threadpool(data.sites_overview, web.config)
+    if overview["error"]:
+        return error(request, 503, overview["error"])
+    return JSONResponse(overview["sites"])
+
+
+@requires()
 async def api_attempts(request: Request) -> Response:
     """As `sinkhole hits --since ... --limit ... --json`."""
     web = web_of(request)
@@ -644,19 +666,9 @@ async def api_services(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(services_rows, web_of(request)))
 
 
-#: With `central`, the policy lives in PostgreSQL and each site's file holds a copy that
-#: the next central version replaces: an edit here would be lost (docs/operations.md).
-CENTRAL_POLICY = (
-    "this site uses a central store: change the policy with the CLI "
-    "(sinkhole block, allow, lists enable ...); the dashboard shows this site's copy"
-)
-
-
 @requires("admin")
 async def api_service_toggle(request: Request) -> Response:
     web = web_of(request)
-    if web.config.central is not None:
-        return error(request, 409, CENTRAL_POLICY)
     sid = request.path_params["sid"]
     verb = request.path_params["verb"]
     if verb not in ("enable", "disable"):
@@ -666,7 +678,7 @@ async def api_service_toggle(request: Request) -> Response:
     user = request.state.session.user.name
 
     def change() -> bool:
-        with web.store() as store:
+        with web.policy_store() as store:
             known = {r["name"] for r in store.lists()}
             if sid not in known:
                 return False
@@ -723,8 +735,6 @@ async def api_rules(request: Request) -> Response:
 @requires("admin")
 async def api_rule_change(request: Request) -> Response:
     web = web_of(request)
-    if web.config.central is not None:
-        return error(request, 409, CENTRAL_POLICY)
     verb = request.path_params["verb"]
     if verb not in RULE_VERBS:
         raise HTTPException(404, "block, unblock, allow or unallow")
@@ -746,7 +756,7 @@ async def api_rule_change(request: Request) -> Response:
     command = f"web: {verb} {' '.join(patterns)}"
 
     def change() -> list[str]:
-        with web.store() as store:
+        with web.policy_store() as store:
             if add:
                 store.add_rules(patterns, action, command=command, comment=comment, user=user)
                 return []
@@ -860,10 +870,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(request, exc.status_code, str(exc.detail))
 
 
+async def sinkhole_error(request: Request, exc: Exception) -> Response:
+    """Something the administrator can fix (the database, the central store): said in
+    one line, as the CLI would, in the page's or the API's form; nothing changed."""
+    log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return error(request, 503, str(exc))
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    if isinstance(exc, (SinkholeError, StoreError)):
-        return PlainTextResponse(str(exc), status_code=503)
     return PlainTextResponse("internal error; see the dashboard's log", status_code=500)
 
 
@@ -914,6 +929,7 @@ def create_app(config: Config) -> Starlette:
         Route("/health", health),
         Route("/api/session", api_session),
         Route("/api/report", api_report),
+        Route("/api/sites", api_sites),
         Route("/api/attempts", api_attempts),
         Route("/api/stream", api_stream),
         Route("/api/services", api_services),
@@ -925,7 +941,12 @@ def create_app(config: Config) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            # A class of its own: handled inside the app, so it is not re-raised as a 500.
+            SinkholeError: sinkhole_error,
+            Exception: server_error,
+        },
     )
     app.state.web = web
     app.state.started = datetime.now(UTC)

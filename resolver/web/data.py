@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from resolver import report as rpt
+from resolver.admin import build_report_for
 from resolver.catalog import Catalog
 from resolver.config import Config
+from resolver.errors import SinkholeError
 from resolver.store.rollups import HOUR_SECONDS, SVC_SQL
 
 #: Ranges of the overview: (key, hours of the trend or days, bar width).
@@ -31,18 +33,38 @@ def report_for(
     config: Config, catalog: Catalog, start: datetime, end: datetime, lang: str = "en"
 ) -> dict:
     """The report's dict for [start, end), exactly as `sinkhole report --format json
-    --lang LANG`."""
-    return rpt.build_report(
-        config.database,
-        start=start,
-        end=end,
-        tz=site_timezone(config),
-        privacy=config.privacy.clients,
-        retention_days=config.privacy.retention_days,
-        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
-        service_names={sid: s.name for sid, s in catalog.services.items()},
-        lang=lang,
-    )
+    --lang LANG`: this site's, or with `central` every site's. While the central store
+    cannot be read, this site's own record, with `central_error` saying why."""
+    tz = site_timezone(config)
+    try:
+        return build_report_for(config, catalog, start, end, tz=tz, lang=lang)
+    except SinkholeError as exc:
+        if config.central is None:
+            raise
+        local = replace(config, central=None)
+        report = build_report_for(local, catalog, start, end, tz=tz, lang=lang)
+        report["central_error"] = str(exc)
+        return report
+
+
+def sites_overview(config: Config, now: float | None = None) -> dict[str, Any] | None:
+    """With `central`: each site's last contact, backlog and shipping lag (as `sinkhole
+    sites`), or the reason the central store cannot be read; None without central."""
+    if config.central is None:
+        return None
+    from resolver.central.report import sites_status
+
+    now = time.time() if now is None else now
+    try:
+        rows = sites_status(config.central)
+    except SinkholeError as exc:
+        return {"error": str(exc), "sites": []}
+    for r in rows:
+        oldest = r.get("oldest_unshipped")
+        r["lag_seconds"] = (
+            max(0, int(now - datetime.fromisoformat(oldest).timestamp())) if oldest else 0
+        )
+    return {"error": None, "sites": rows}
 
 
 def site_timezone(config: Config) -> str:
