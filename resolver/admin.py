@@ -170,6 +170,28 @@ def recent_hits(store: PolicyStore, since: int, limit: int) -> list[dict[str, An
     return clean_hits(store.recent_hits(since, limit))
 
 
+def hits_since(
+    config: Config, since: int, limit: int, sites: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """`sinkhole hits` (and the dashboard's /api/attempts): this site's hits since
+    `since`, or with `central` every site's (or SITES'), newest first, cleaned.
+
+    Raises:
+        SinkholeError: sites without a central store, or the store cannot be read.
+    """
+    sites = tuple(sites)
+    if sites and config.central is None:
+        raise SinkholeError("--site needs a central section in the config")
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import recent_hits as central_hits
+
+        return clean_hits(central_hits(config.central, since, limit, sites))
+    from resolver.store import open_store
+
+    with open_store(config) as store:
+        return recent_hits(store, since, limit)
+
+
 def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Hit rows for display: names in presentation format, the rest without control
     bytes (`site`: the central store's, issue 14)."""

@@ -601,20 +601,13 @@ def hits(config_path, db, since, limit, as_json, sites) -> None:
 
     Example: sinkhole hits --since 7d --limit 20
     """
-    from resolver.admin import clean_hits, recent_hits
-    from resolver.store import open_store as open_database
+    from resolver.admin import hits_since
 
     seconds = parse_duration(since)
     config = get_config(config_path, db)
     if sites and config.central is None:
         raise click.UsageError("--site needs a central section in the config")
-    if config.central is not None:  # all sites, from the central store (resolver/central)
-        from resolver.central.report import recent_hits as central_hits
-
-        rows = clean_hits(central_hits(config.central, int(time.time()) - seconds, limit, sites))
-    else:
-        with open_database(config) as store:
-            rows = recent_hits(store, int(time.time()) - seconds, limit)
+    rows = hits_since(config, int(time.time()) - seconds, limit, sites)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -638,6 +639,38 @@ def test_a_dashboard_edit_reaches_every_site_and_the_overview_shows_them(
         assert per_site == {"admin": 0, "dns1": 2, "dns2": 1}
         page = c.get("/").text
         assert 'id="sites-table"' in page and "dns1" in page and "dns2" in page
+        # The attempts log over every site, filtered by site (the page and the API).
+        only = c.get("/attempts", params={"site": "dns2", "since": "1h"})
+        assert only.status_code == 200
+        assert "c.chatgpt.com" in only.text and "a.chatgpt.com" not in only.text
+        assert '<td class="site">dns2</td>' in only.text
+        rows = c.get("/api/attempts", params={"since": "1h", "site": "dns1"}).json()
+        # (and the policy name the test asked once blocked)
+        assert {r["qname"] for r in rows} - {POLICY_NAME} == {"a.chatgpt.com", "b.chatgpt.com"}
+        assert {r["site"] for r in rows} == {"dns1"}
+        hostile = c.get("/attempts", params={"site": "<script>x</script>", "since": "1h"})
+        assert hostile.status_code == 200 and "<script>x</script>" not in hostile.text
+        bad = c.get("/api/stream", params={"after": '{"dns1": "x"}'})
+        assert bad.status_code == 400
+    # The live log: a new attempt at either site arrives through the stream.
+    events: list[dict] = []
+    connected = threading.Event()
+
+    def read() -> None:
+        with login(web, ADMIN) as c, c.stream("GET", "/api/stream", timeout=30) as r:
+            connected.set()
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    assert connected.wait(30)
+    time.sleep(0.5)  # the stream starts after each site's newest hit at connection
+    _ask(sites[1], ["live.chatgpt.com"])
+    t.join(15)
+    assert events and events[0]["qname"] == "live.chatgpt.com" and events[0]["site"] == "dns2"
     # In the central audit trail under the dashboard user's name.
     history = json.loads(run_cli("lists", "history", "--json", "--config", str(admin)).stdout)
     assert any(

@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from resolver import __version__
 from resolver import report as rpt
-from resolver.admin import list_overview
+from resolver.admin import hits_since, list_overview
 from resolver.catalog import load_catalog, normalize_name
 from resolver.config import Config, parse_duration
 from resolver.errors import SinkholeError
@@ -495,7 +495,8 @@ def log_filter(request: Request, web: Web) -> data.LogFilter:
     flt = data.LogFilter(
         since=int(start.timestamp()), until=int(end.timestamp()) if until else None
     )
-    for key in ("service", "group", "client", "name"):
+    keys = ("service", "group", "client", "name") + (("site",) if web.config.central else ())
+    for key in keys:
         value = q.get(key, "").strip()
         if len(value) > 255:
             raise HTTPException(400, f"{key}: at most 255 characters")
@@ -520,8 +521,8 @@ def log_filter(request: Request, web: Web) -> data.LogFilter:
 async def attempts_page(request: Request) -> Response:
     web = web_of(request)
     flt = log_filter(request, web)
-    rows = await run_in_threadpool(data.attempts, web.config.database, flt)
-    last = await run_in_threadpool(data.last_hit_id, web.config.database)
+    rows = await run_in_threadpool(data.log_attempts, web.config, flt)
+    last = await run_in_threadpool(data.log_cursor, web.config)
     services = sorted(web.catalog.services.values(), key=lambda s: s.name.lower())
     return render(
         request,
@@ -530,7 +531,8 @@ async def attempts_page(request: Request) -> Response:
             "rows": rows,
             "filter": flt,
             "last_id": last,
-            "live_query": urlencode({**flt.params, "after": last}),
+            "live_query": urlencode({**flt.params, "after": _cursor_text(last)}),
+            "sites": sorted(last) if isinstance(last, dict) else None,
             "services": services,
             "service_names": {s.id: s.name for s in services},
             "group_names": sorted(web.config.clients.groups),
@@ -546,12 +548,17 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
     yield b"retry: 1000\n\n"
     last_beat = time.monotonic()
     while not web.closing:
-        rows = await run_in_threadpool(data.attempts, web.config.database, flt)
+        rows = await run_in_threadpool(data.log_attempts, web.config, flt)
         for row in rows:
-            flt.after_id = max(flt.after_id, row["id"])
+            if flt.after_sites is not None:
+                site = row["site"]
+                flt.after_sites[site] = max(flt.after_sites.get(site, 0), row["id"])
+            else:
+                flt.after_id = max(flt.after_id, row["id"])
             if as_html:
                 html = row_template.render(
                     row=row,
+                    central=flt.after_sites is not None,
                     clients_shown=web.clients_shown,
                     groups_shown=web.groups_shown,
                     service_names=names,
@@ -559,7 +566,8 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
                 payload = " ".join(html.split("\n"))
             else:
                 payload = json.dumps({k: v for k, v in row.items()})
-            yield f"id: {row['id']}\nevent: attempt\ndata: {payload}\n\n".encode()
+            event_id = _cursor_text(flt.after_sites) if flt.after_sites is not None else row["id"]
+            yield f"id: {event_id}\nevent: attempt\ndata: {payload}\n\n".encode()
         if not rows:
             if time.monotonic() - last_beat > STREAM_HEARTBEAT:
                 last_beat = time.monotonic()
@@ -567,12 +575,35 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
             await asyncio.sleep(STREAM_POLL)
 
 
+def _cursor_text(cursor: int | dict[str, int]) -> str:
+    """The live log's cursor in a URL or an SSE id: a hit id, or with central a JSON
+    object of each site's last hit id."""
+    return json.dumps(cursor, separators=(",", ":")) if isinstance(cursor, dict) else str(cursor)
+
+
+def _parse_cursor(text: str) -> dict[str, int]:
+    try:
+        cursor = json.loads(text)
+    except ValueError:
+        cursor = None
+    if (
+        not isinstance(cursor, dict)
+        or len(cursor) > 1000
+        or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in cursor.items())
+    ):
+        raise HTTPException(400, 'after: each site\'s last hit id, as {"site": id}')
+    return cursor
+
+
 def _stream_response(request: Request, as_html: bool) -> Response:
     web = web_of(request)
     flt = log_filter(request, web)
     flt.limit = data.STREAM_BATCH
     after = request.query_params.get("after") or request.headers.get("last-event-id")
-    if after is not None:
+    if web.config.central is not None:
+        # Every site's log: the cursor is each site's last hit id.
+        flt.after_sites = _parse_cursor(after) if after is not None else data.log_cursor(web.config)
+    elif after is not None:
         if not after.isdigit():
             raise HTTPException(400, "after: a hit id")
         flt.after_id = int(after)
@@ -623,9 +654,12 @@ async def api_attempts(request: Request) -> Response:
     if not limit.isdigit() or int(limit) < 1:
         raise HTTPException(400, "limit: a whole number >= 1")
 
+    sites = q.getlist("site")
+    if sites and web.config.central is None:
+        raise HTTPException(400, "site: no central store in the config")
+
     def read() -> list[dict]:
-        with Store(web.config.database) as store:
-            return store.recent_hits(int(time.time()) - seconds, int(limit))
+        return hits_since(web.config, int(time.time()) - seconds, int(limit), sites)
 
     return JSONResponse(await run_in_threadpool(read))
 

@@ -7,6 +7,7 @@ filters and the hourly trend are the only SQL of the dashboard's own.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
@@ -135,31 +136,90 @@ class LogFilter:
     group: str | None = None
     client: str | None = None
     name: str | None = None
+    site: str | None = None
     limit: int = LOG_LIMIT
+    #: The live log's cursor: this site's last hit id; with `central`, each site's.
     after_id: int = 0
+    after_sites: dict[str, int] | None = None
     params: dict[str, str] = field(default_factory=dict)
 
-    def where(self) -> tuple[str, list[Any]]:
-        clauses, args = ["ts >= ?"], [self.since]
+    def where(self, central: bool = False) -> tuple[str, list[Any]]:
+        """The WHERE clause for SQLite (`?`) or, with central, PostgreSQL (`%s`)."""
+        m = "%s" if central else "?"
+        clauses, args = [f"ts >= {m}"], [self.since]
         if self.until is not None:
-            clauses.append("ts < ?")
+            clauses.append(f"ts < {m}")
             args.append(self.until)
-        if self.after_id:
+        if central:
+            if self.after_sites is not None:
+                clauses.append("local_id > COALESCE((%s::jsonb ->> site)::bigint, 0)")
+                args.append(json.dumps(self.after_sites))
+            if self.site:
+                clauses.append("site = %s")
+                args.append(self.site)
+        elif self.after_id:
             clauses.append("id > ?")
             args.append(self.after_id)
         if self.service:
-            clauses.append(f"{SVC_SQL.format(p='')} = ?")
+            clauses.append(f"{SVC_SQL.format(p='')} = {m}")
             args.append(self.service)
         if self.group:
-            clauses.append("COALESCE(client_group, 'other') = ?")
+            clauses.append(f"COALESCE(client_group, 'other') = {m}")
             args.append(self.group)
         if self.client:
-            clauses.append("client = ?")
+            clauses.append(f"client = {m}")
             args.append(self.client)
         if self.name:
-            clauses.append("instr(qname, ?) > 0")
+            clauses.append("strpos(qname, %s) > 0" if central else "instr(qname, ?) > 0")
             args.append(self.name.lower())
         return " AND ".join(clauses), args
+
+
+CENTRAL_HIT_COLUMNS = (
+    "site, local_id AS id, ts, client, client_group, qname, qtype, service, category, "
+    "rule, action, count"
+)
+
+
+def log_attempts(config: Config, flt: LogFilter) -> list[dict[str, Any]]:
+    """The attempts log: this site's hits, or with `central` every site's (each row with
+    its `site`), newest first; in the order they came with a live cursor."""
+    if config.central is None:
+        return attempts(config.database, flt)
+    from resolver.central import CentralError, connect, first_line, psycopg
+
+    where, args = flt.where(central=True)
+    live = flt.after_sites is not None
+    order = "ts, site, local_id" if live else "ts DESC, site, local_id DESC"
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            cur = conn.execute(
+                f"SELECT {CENTRAL_HIT_COLUMNS} FROM hits WHERE {where} ORDER BY {order} LIMIT %s",
+                (*args, flt.limit),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+
+
+def log_cursor(config: Config) -> int | dict[str, int]:
+    """Where the live log starts: the newest hit now (this site's id, or each site's)."""
+    if config.central is None:
+        return last_hit_id(config.database)
+    from resolver.central import CentralError, connect, first_line, psycopg
+
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            rows = conn.execute(
+                "SELECT site, (SELECT COALESCE(MAX(local_id), 0) FROM hits h "
+                "WHERE h.site = s.site) FROM sites s"
+            ).fetchall()
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+    return {site: int(n) for site, n in rows}
 
 
 def attempts(db_path: str, flt: LogFilter) -> list[dict[str, Any]]:
