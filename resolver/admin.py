@@ -170,6 +170,28 @@ def recent_hits(store: PolicyStore, since: int, limit: int) -> list[dict[str, An
     return clean_hits(store.recent_hits(since, limit))
 
 
+def hits_since(
+    config: Config, since: int, limit: int, sites: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """`sinkhole hits` (and the dashboard's /api/attempts): this site's hits since
+    `since`, or with `central` every site's (or SITES'), newest first, cleaned.
+
+    Raises:
+        SinkholeError: sites without a central store, or the store cannot be read.
+    """
+    sites = tuple(sites)
+    if sites and config.central is None:
+        raise SinkholeError("--site needs a central section in the config")
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import recent_hits as central_hits
+
+        return clean_hits(central_hits(config.central, since, limit, sites))
+    from resolver.store import open_store
+
+    with open_store(config) as store:
+        return recent_hits(store, since, limit)
+
+
 def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Hit rows for display: names in presentation format, the rest without control
     bytes (`site`: the central store's, issue 14)."""
@@ -179,3 +201,52 @@ def clean_hits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(r.get(key), str):
                 r[key] = strip_controls(r[key])
     return rows
+
+
+def build_report_for(
+    config: Config,
+    catalog: Catalog,
+    start: Any,
+    end: Any,
+    *,
+    tz: str,
+    top: int = 10,
+    lang: str | None = None,
+    sites: Iterable[str] = (),
+) -> dict[str, Any]:
+    """`sinkhole report`'s dict (and the dashboard's): this site's database, or with
+    `central` every site's record (or SITES) in the central store.
+
+    Raises:
+        SinkholeError: --site without a central store, or the store cannot be read.
+    """
+    from resolver import report as rpt
+
+    sites = tuple(sites)
+    if sites and config.central is None:
+        raise SinkholeError("--site needs a central section in the config")
+
+    def build(path: str) -> dict:
+        return rpt.build_report(
+            path,
+            start=start,
+            end=end,
+            tz=tz,
+            privacy=config.privacy.clients,
+            retention_days=config.privacy.retention_days,
+            groups={label: list(g.networks) for label, g in config.clients.groups.items()},
+            service_names={sid: s.name for sid, s in catalog.services.items()},
+            top=top,
+            lang=lang or config.report.lang,
+        )
+
+    if config.central is not None:  # all sites, from the central store (resolver/central)
+        from resolver.central.report import central_report
+
+        return central_report(
+            config.central, build, int(start.timestamp()), int(end.timestamp()), sites
+        )
+    from resolver.store import Store
+
+    Store(config.database).close()  # creates or migrates the file: a new install gets one
+    return build(config.database)

@@ -601,20 +601,13 @@ def hits(config_path, db, since, limit, as_json, sites) -> None:
 
     Example: sinkhole hits --since 7d --limit 20
     """
-    from resolver.admin import clean_hits, recent_hits
-    from resolver.store import open_store as open_database
+    from resolver.admin import hits_since
 
     seconds = parse_duration(since)
     config = get_config(config_path, db)
     if sites and config.central is None:
         raise click.UsageError("--site needs a central section in the config")
-    if config.central is not None:  # all sites, from the central store (resolver/central)
-        from resolver.central.report import recent_hits as central_hits
-
-        rows = clean_hits(central_hits(config.central, int(time.time()) - seconds, limit, sites))
-    else:
-        with open_database(config) as store:
-            rows = recent_hits(store, int(time.time()) - seconds, limit)
+    rows = hits_since(config, int(time.time()) - seconds, limit, sites)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -696,8 +689,8 @@ def report(
     Example: sinkhole report --last-week --format html -o report-{week}.html
     """
     from resolver import report as rpt
+    from resolver.admin import build_report_for
     from resolver.catalog import load_catalog
-    from resolver.store import Store
 
     if sum(1 for x in (week, last_week, since) if x) > 1:
         raise click.UsageError("give one of --week, --last-week and --since")
@@ -711,29 +704,7 @@ def report(
     catalog = load_catalog(config.catalog)
     if sites and config.central is None:
         raise click.UsageError("--site needs a central section in the config")
-
-    def build(path: str) -> dict:
-        return rpt.build_report(
-            path,
-            start=start,
-            end=end,
-            tz=tz,
-            privacy=config.privacy.clients,
-            retention_days=config.privacy.retention_days,
-            groups={label: list(g.networks) for label, g in config.clients.groups.items()},
-            service_names={sid: s.name for sid, s in catalog.services.items()},
-            top=top,
-            lang=lang or config.report.lang,
-        )
-
-    if config.central is not None:  # all sites, from the central store (resolver/central)
-        from resolver.central.report import central_report
-
-        t0, t1 = int(start.timestamp()), int(end.timestamp())
-        data = central_report(config.central, build, t0, t1, sites)
-    else:
-        Store(config.database).close()  # creates or migrates the file: a new install gets one
-        data = build(config.database)
+    data = build_report_for(config, catalog, start, end, tz=tz, top=top, lang=lang, sites=sites)
     text = rpt.RENDERERS[fmt](data)
     if config.central is not None:
         from resolver.central.report import sites_section

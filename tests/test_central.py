@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -570,7 +571,7 @@ def test_workers_of_one_site_ship_each_hit_once(sinkhole, central_dsn: str) -> N
     assert _central_rows(central_dsn, "dns1") == _local_rows(proc)
 
 
-def test_the_dashboard_does_not_edit_a_central_policy(dashboard) -> None:
+def test_a_dashboard_edit_fails_whole_while_the_central_store_is_away(dashboard) -> None:
     from tests.test_web_api import ADMIN, csrf, login
 
     web = dashboard(
@@ -582,11 +583,96 @@ def test_the_dashboard_does_not_edit_a_central_policy(dashboard) -> None:
     with login(web, ADMIN) as c:
         h = {"X-CSRF-Token": csrf(c)}
         r = c.post("/api/rules/block", json={"names": ["x.example"]}, headers=h)
-        assert r.status_code == 409 and "change the policy with the CLI" in r.json()["error"]
+        assert r.status_code == 503
+        assert "central store unreachable" in r.json()["error"]
+        assert "policy was not changed" in r.json()["error"]
         r = c.post("/api/services/openai-chatgpt/disable", headers=h)
-        assert r.status_code == 409
+        assert r.status_code == 503 and "policy was not changed" in r.json()["error"]
+        r = c.get("/api/sites")
+        assert r.status_code == 503 and "unreachable" in r.json()["error"]
+        page = c.get("/")
+        assert page.status_code == 200 and 'id="central-error"' in page.text
     conn = sqlite3.connect(web.config["database"])
     try:
         assert conn.execute("SELECT COUNT(*) FROM rules").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def test_a_dashboard_edit_reaches_every_site_and_the_overview_shows_them(
+    sinkhole, dashboard, central_dsn: str, tmp_path: Path
+) -> None:
+    from tests.test_web_api import ADMIN, csrf, login
+
+    _migrated(central_dsn)
+    sites = [_site(sinkhole, central_dsn, name) for name in ("dns1", "dns2")]
+    admin = _config_file(tmp_path, central_dsn, site="admin")
+    assert run_cli("central", "push", "--config", str(admin)).returncode == 0
+    _ask(sites[0], ["a.chatgpt.com", "b.chatgpt.com"])
+    _ask(sites[1], ["c.chatgpt.com"])
+    assert wait_for(lambda: _central_sums(central_dsn, "dns1")[0] == 2, 20)
+    assert wait_for(lambda: _central_sums(central_dsn, "dns2")[0] == 1, 20)
+
+    web = dashboard({"central": {"dsn": central_dsn, "site": "web"}}, start=False)
+    web.add_user(ADMIN[0], "admin", ADMIN[1])
+    web.start()
+    with login(web, ADMIN) as c:
+        r = c.post(
+            "/api/rules/block",
+            json={"names": [POLICY_NAME], "comment": "from the dashboard"},
+            headers={"X-CSRF-Token": csrf(c)},
+        )
+        assert r.status_code == 200, r.text
+        for proc in sites:
+            assert _within(2.0, lambda p=proc: _sinkholed(p)), proc.stderr_text()
+        rows = {s["site"]: s for s in c.get("/api/sites").json()}
+        assert {"dns1", "dns2"} <= set(rows)
+        assert (rows["dns1"]["blocked"], rows["dns2"]["blocked"]) == (2, 1)
+        assert all(
+            rows[s]["backlog"] == 0 and rows[s]["lag_seconds"] == 0 for s in ("dns1", "dns2")
+        )
+        # The overview counts every site (3 blocked queries), and lists them.
+        report = c.get("/api/report", params={"since": "1h"}).json()
+        assert report["totals"]["blocked"] == 3
+        # `central push` from the admin's machine made it a site too, with no hits.
+        per_site = {s["site"]: s["blocked"] for s in report["sites"]}
+        assert per_site == {"admin": 0, "dns1": 2, "dns2": 1}
+        page = c.get("/").text
+        assert 'id="sites-table"' in page and "dns1" in page and "dns2" in page
+        # The attempts log over every site, filtered by site (the page and the API).
+        only = c.get("/attempts", params={"site": "dns2", "since": "1h"})
+        assert only.status_code == 200
+        assert "c.chatgpt.com" in only.text and "a.chatgpt.com" not in only.text
+        assert '<td class="site">dns2</td>' in only.text
+        rows = c.get("/api/attempts", params={"since": "1h", "site": "dns1"}).json()
+        # (and the policy name the test asked once blocked)
+        assert {r["qname"] for r in rows} - {POLICY_NAME} == {"a.chatgpt.com", "b.chatgpt.com"}
+        assert {r["site"] for r in rows} == {"dns1"}
+        hostile = c.get("/attempts", params={"site": "<script>x</script>", "since": "1h"})
+        assert hostile.status_code == 200 and "<script>x</script>" not in hostile.text
+        bad = c.get("/api/stream", params={"after": '{"dns1": "x"}'})
+        assert bad.status_code == 400
+    # The live log: a new attempt at either site arrives through the stream.
+    events: list[dict] = []
+    connected = threading.Event()
+
+    def read() -> None:
+        with login(web, ADMIN) as c, c.stream("GET", "/api/stream", timeout=30) as r:
+            connected.set()
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    assert connected.wait(30)
+    time.sleep(0.5)  # the stream starts after each site's newest hit at connection
+    _ask(sites[1], ["live.chatgpt.com"])
+    t.join(15)
+    assert events and events[0]["qname"] == "live.chatgpt.com" and events[0]["site"] == "dns2"
+    # In the central audit trail under the dashboard user's name.
+    history = json.loads(run_cli("lists", "history", "--json", "--config", str(admin)).stdout)
+    assert any(
+        e.get("user") == ADMIN[0] and e.get("comment") == "from the dashboard" for e in history
+    )

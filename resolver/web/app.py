@@ -39,12 +39,12 @@ from starlette.staticfiles import StaticFiles
 
 from resolver import __version__
 from resolver import report as rpt
-from resolver.admin import list_overview
+from resolver.admin import hits_since, list_overview
 from resolver.catalog import load_catalog, normalize_name
 from resolver.config import Config, parse_duration
-from resolver.errors import SinkholeError, StoreError
+from resolver.errors import SinkholeError
 from resolver.presentation import display_name, strip_controls
-from resolver.store import Store
+from resolver.store import PolicyStore, Store, open_store
 from resolver.users import clear_failures as clear_login_failures
 from resolver.users import failures, get_user, password_hash, record_failure, verify_password
 from resolver.web import charts, data
@@ -137,7 +137,16 @@ class Web:
         return env
 
     def store(self) -> Store:
+        """This site's database: accounts, the attempts log, and the policy it enforces."""
         return Store(self.config.database)
+
+    def policy_store(self) -> PolicyStore:
+        """Where a policy edit goes, as for the CLI (store.open_store): this site's
+        database, or with `central` the policy of every site in PostgreSQL (refused in
+        one line, nothing changed, while PostgreSQL is away)."""
+        store = open_store(self.config)
+        store.seed(self.catalog, self.config.lists)
+        return store
 
     def gettext(self, lang: str) -> Callable[[str], str]:
         return translations(lang).gettext
@@ -439,6 +448,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
         "report": chosen,
         "trend_svg": trend,
         "services_svg": charts.services_svg(chosen["services"][:10], lang),
+        "central": data.sites_overview(web.config),
     }
 
 
@@ -485,7 +495,8 @@ def log_filter(request: Request, web: Web) -> data.LogFilter:
     flt = data.LogFilter(
         since=int(start.timestamp()), until=int(end.timestamp()) if until else None
     )
-    for key in ("service", "group", "client", "name"):
+    keys = ("service", "group", "client", "name") + (("site",) if web.config.central else ())
+    for key in keys:
         value = q.get(key, "").strip()
         if len(value) > 255:
             raise HTTPException(400, f"{key}: at most 255 characters")
@@ -510,8 +521,8 @@ def log_filter(request: Request, web: Web) -> data.LogFilter:
 async def attempts_page(request: Request) -> Response:
     web = web_of(request)
     flt = log_filter(request, web)
-    rows = await run_in_threadpool(data.attempts, web.config.database, flt)
-    last = await run_in_threadpool(data.last_hit_id, web.config.database)
+    rows = await run_in_threadpool(data.log_attempts, web.config, flt)
+    last = await run_in_threadpool(data.log_cursor, web.config)
     services = sorted(web.catalog.services.values(), key=lambda s: s.name.lower())
     return render(
         request,
@@ -520,7 +531,8 @@ async def attempts_page(request: Request) -> Response:
             "rows": rows,
             "filter": flt,
             "last_id": last,
-            "live_query": urlencode({**flt.params, "after": last}),
+            "live_query": urlencode({**flt.params, "after": _cursor_text(last)}),
+            "sites": sorted(last) if isinstance(last, dict) else None,
             "services": services,
             "service_names": {s.id: s.name for s in services},
             "group_names": sorted(web.config.clients.groups),
@@ -536,12 +548,17 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
     yield b"retry: 1000\n\n"
     last_beat = time.monotonic()
     while not web.closing:
-        rows = await run_in_threadpool(data.attempts, web.config.database, flt)
+        rows = await run_in_threadpool(data.log_attempts, web.config, flt)
         for row in rows:
-            flt.after_id = max(flt.after_id, row["id"])
+            if flt.after_sites is not None:
+                site = row["site"]
+                flt.after_sites[site] = max(flt.after_sites.get(site, 0), row["id"])
+            else:
+                flt.after_id = max(flt.after_id, row["id"])
             if as_html:
                 html = row_template.render(
                     row=row,
+                    central=flt.after_sites is not None,
                     clients_shown=web.clients_shown,
                     groups_shown=web.groups_shown,
                     service_names=names,
@@ -549,7 +566,8 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
                 payload = " ".join(html.split("\n"))
             else:
                 payload = json.dumps({k: v for k, v in row.items()})
-            yield f"id: {row['id']}\nevent: attempt\ndata: {payload}\n\n".encode()
+            event_id = _cursor_text(flt.after_sites) if flt.after_sites is not None else row["id"]
+            yield f"id: {event_id}\nevent: attempt\ndata: {payload}\n\n".encode()
         if not rows:
             if time.monotonic() - last_beat > STREAM_HEARTBEAT:
                 last_beat = time.monotonic()
@@ -557,12 +575,35 @@ async def _stream(request: Request, web: Web, flt: data.LogFilter, as_html: bool
             await asyncio.sleep(STREAM_POLL)
 
 
+def _cursor_text(cursor: int | dict[str, int]) -> str:
+    """The live log's cursor in a URL or an SSE id: a hit id, or with central a JSON
+    object of each site's last hit id."""
+    return json.dumps(cursor, separators=(",", ":")) if isinstance(cursor, dict) else str(cursor)
+
+
+def _parse_cursor(text: str) -> dict[str, int]:
+    try:
+        cursor = json.loads(text)
+    except ValueError:
+        cursor = None
+    if (
+        not isinstance(cursor, dict)
+        or len(cursor) > 1000
+        or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in cursor.items())
+    ):
+        raise HTTPException(400, 'after: each site\'s last hit id, as {"site": id}')
+    return cursor
+
+
 def _stream_response(request: Request, as_html: bool) -> Response:
     web = web_of(request)
     flt = log_filter(request, web)
     flt.limit = data.STREAM_BATCH
     after = request.query_params.get("after") or request.headers.get("last-event-id")
-    if after is not None:
+    if web.config.central is not None:
+        # Every site's log: the cursor is each site's last hit id.
+        flt.after_sites = _parse_cursor(after) if after is not None else data.log_cursor(web.config)
+    elif after is not None:
         if not after.isdigit():
             raise HTTPException(400, "after: a hit id")
         flt.after_id = int(after)
@@ -589,6 +630,18 @@ async def api_stream(request: Request) -> Response:
 
 
 @requires()
+async def api_sites(request: Request) -> Response:
+    """As `sinkhole sites --json`, with each site's shipping lag; 404 without central."""
+    web = web_of(request)
+    if web.config.central is None:
+        raise HTTPException(404, "no central store in the config: one site, no sites")
+    overview = await run_in_threadpool(data.sites_overview, web.config)
+    if overview["error"]:
+        return error(request, 503, overview["error"])
+    return JSONResponse(overview["sites"])
+
+
+@requires()
 async def api_attempts(request: Request) -> Response:
     """As `sinkhole hits --since ... --limit ... --json`."""
     web = web_of(request)
@@ -601,9 +654,12 @@ async def api_attempts(request: Request) -> Response:
     if not limit.isdigit() or int(limit) < 1:
         raise HTTPException(400, "limit: a whole number >= 1")
 
+    sites = q.getlist("site")
+    if sites and web.config.central is None:
+        raise HTTPException(400, "site: no central store in the config")
+
     def read() -> list[dict]:
-        with Store(web.config.database) as store:
-            return store.recent_hits(int(time.time()) - seconds, int(limit))
+        return hits_since(web.config, int(time.time()) - seconds, int(limit), sites)
 
     return JSONResponse(await run_in_threadpool(read))
 
@@ -644,19 +700,9 @@ async def api_services(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(services_rows, web_of(request)))
 
 
-#: With `central`, the policy lives in PostgreSQL and each site's file holds a copy that
-#: the next central version replaces: an edit here would be lost (docs/operations.md).
-CENTRAL_POLICY = (
-    "this site uses a central store: change the policy with the CLI "
-    "(sinkhole block, allow, lists enable ...); the dashboard shows this site's copy"
-)
-
-
 @requires("admin")
 async def api_service_toggle(request: Request) -> Response:
     web = web_of(request)
-    if web.config.central is not None:
-        return error(request, 409, CENTRAL_POLICY)
     sid = request.path_params["sid"]
     verb = request.path_params["verb"]
     if verb not in ("enable", "disable"):
@@ -666,7 +712,7 @@ async def api_service_toggle(request: Request) -> Response:
     user = request.state.session.user.name
 
     def change() -> bool:
-        with web.store() as store:
+        with web.policy_store() as store:
             known = {r["name"] for r in store.lists()}
             if sid not in known:
                 return False
@@ -723,8 +769,6 @@ async def api_rules(request: Request) -> Response:
 @requires("admin")
 async def api_rule_change(request: Request) -> Response:
     web = web_of(request)
-    if web.config.central is not None:
-        return error(request, 409, CENTRAL_POLICY)
     verb = request.path_params["verb"]
     if verb not in RULE_VERBS:
         raise HTTPException(404, "block, unblock, allow or unallow")
@@ -746,7 +790,7 @@ async def api_rule_change(request: Request) -> Response:
     command = f"web: {verb} {' '.join(patterns)}"
 
     def change() -> list[str]:
-        with web.store() as store:
+        with web.policy_store() as store:
             if add:
                 store.add_rules(patterns, action, command=command, comment=comment, user=user)
                 return []
@@ -860,10 +904,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(request, exc.status_code, str(exc.detail))
 
 
+async def sinkhole_error(request: Request, exc: Exception) -> Response:
+    """Something the administrator can fix (the database, the central store): said in
+    one line, as the CLI would, in the page's or the API's form; nothing changed."""
+    log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return error(request, 503, str(exc))
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    if isinstance(exc, (SinkholeError, StoreError)):
-        return PlainTextResponse(str(exc), status_code=503)
     return PlainTextResponse("internal error; see the dashboard's log", status_code=500)
 
 
@@ -914,6 +963,7 @@ def create_app(config: Config) -> Starlette:
         Route("/health", health),
         Route("/api/session", api_session),
         Route("/api/report", api_report),
+        Route("/api/sites", api_sites),
         Route("/api/attempts", api_attempts),
         Route("/api/stream", api_stream),
         Route("/api/services", api_services),
@@ -925,7 +975,12 @@ def create_app(config: Config) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            # A class of its own: handled inside the app, so it is not re-raised as a 500.
+            SinkholeError: sinkhole_error,
+            Exception: server_error,
+        },
     )
     app.state.web = web
     app.state.started = datetime.now(UTC)

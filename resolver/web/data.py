@@ -7,16 +7,19 @@ filters and the hourly trend are the only SQL of the dashboard's own.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from resolver import report as rpt
+from resolver.admin import build_report_for
 from resolver.catalog import Catalog
 from resolver.config import Config
+from resolver.errors import SinkholeError
 from resolver.store.rollups import HOUR_SECONDS, SVC_SQL
 
 #: Ranges of the overview: (key, hours of the trend or days, bar width).
@@ -31,18 +34,38 @@ def report_for(
     config: Config, catalog: Catalog, start: datetime, end: datetime, lang: str = "en"
 ) -> dict:
     """The report's dict for [start, end), exactly as `sinkhole report --format json
-    --lang LANG`."""
-    return rpt.build_report(
-        config.database,
-        start=start,
-        end=end,
-        tz=site_timezone(config),
-        privacy=config.privacy.clients,
-        retention_days=config.privacy.retention_days,
-        groups={label: list(g.networks) for label, g in config.clients.groups.items()},
-        service_names={sid: s.name for sid, s in catalog.services.items()},
-        lang=lang,
-    )
+    --lang LANG`: this site's, or with `central` every site's. While the central store
+    cannot be read, this site's own record, with `central_error` saying why."""
+    tz = site_timezone(config)
+    try:
+        return build_report_for(config, catalog, start, end, tz=tz, lang=lang)
+    except SinkholeError as exc:
+        if config.central is None:
+            raise
+        local = replace(config, central=None)
+        report = build_report_for(local, catalog, start, end, tz=tz, lang=lang)
+        report["central_error"] = str(exc)
+        return report
+
+
+def sites_overview(config: Config, now: float | None = None) -> dict[str, Any] | None:
+    """With `central`: each site's last contact, backlog and shipping lag (as `sinkhole
+    sites`), or the reason the central store cannot be read; None without central."""
+    if config.central is None:
+        return None
+    from resolver.central.report import sites_status
+
+    now = time.time() if now is None else now
+    try:
+        rows = sites_status(config.central)
+    except SinkholeError as exc:
+        return {"error": str(exc), "sites": []}
+    for r in rows:
+        oldest = r.get("oldest_unshipped")
+        r["lag_seconds"] = (
+            max(0, int(now - datetime.fromisoformat(oldest).timestamp())) if oldest else 0
+        )
+    return {"error": None, "sites": rows}
 
 
 def site_timezone(config: Config) -> str:
@@ -113,31 +136,90 @@ class LogFilter:
     group: str | None = None
     client: str | None = None
     name: str | None = None
+    site: str | None = None
     limit: int = LOG_LIMIT
+    #: The live log's cursor: this site's last hit id; with `central`, each site's.
     after_id: int = 0
+    after_sites: dict[str, int] | None = None
     params: dict[str, str] = field(default_factory=dict)
 
-    def where(self) -> tuple[str, list[Any]]:
-        clauses, args = ["ts >= ?"], [self.since]
+    def where(self, central: bool = False) -> tuple[str, list[Any]]:
+        """The WHERE clause for SQLite (`?`) or, with central, PostgreSQL (`%s`)."""
+        m = "%s" if central else "?"
+        clauses, args = [f"ts >= {m}"], [self.since]
         if self.until is not None:
-            clauses.append("ts < ?")
+            clauses.append(f"ts < {m}")
             args.append(self.until)
-        if self.after_id:
+        if central:
+            if self.after_sites is not None:
+                clauses.append("local_id > COALESCE((%s::jsonb ->> site)::bigint, 0)")
+                args.append(json.dumps(self.after_sites))
+            if self.site:
+                clauses.append("site = %s")
+                args.append(self.site)
+        elif self.after_id:
             clauses.append("id > ?")
             args.append(self.after_id)
         if self.service:
-            clauses.append(f"{SVC_SQL.format(p='')} = ?")
+            clauses.append(f"{SVC_SQL.format(p='')} = {m}")
             args.append(self.service)
         if self.group:
-            clauses.append("COALESCE(client_group, 'other') = ?")
+            clauses.append(f"COALESCE(client_group, 'other') = {m}")
             args.append(self.group)
         if self.client:
-            clauses.append("client = ?")
+            clauses.append(f"client = {m}")
             args.append(self.client)
         if self.name:
-            clauses.append("instr(qname, ?) > 0")
+            clauses.append("strpos(qname, %s) > 0" if central else "instr(qname, ?) > 0")
             args.append(self.name.lower())
         return " AND ".join(clauses), args
+
+
+CENTRAL_HIT_COLUMNS = (
+    "site, local_id AS id, ts, client, client_group, qname, qtype, service, category, "
+    "rule, action, count"
+)
+
+
+def log_attempts(config: Config, flt: LogFilter) -> list[dict[str, Any]]:
+    """The attempts log: this site's hits, or with `central` every site's (each row with
+    its `site`), newest first; in the order they came with a live cursor."""
+    if config.central is None:
+        return attempts(config.database, flt)
+    from resolver.central import CentralError, connect, first_line, psycopg
+
+    where, args = flt.where(central=True)
+    live = flt.after_sites is not None
+    order = "ts, site, local_id" if live else "ts DESC, site, local_id DESC"
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            cur = conn.execute(
+                f"SELECT {CENTRAL_HIT_COLUMNS} FROM hits WHERE {where} ORDER BY {order} LIMIT %s",
+                (*args, flt.limit),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+
+
+def log_cursor(config: Config) -> int | dict[str, int]:
+    """Where the live log starts: the newest hit now (this site's id, or each site's)."""
+    if config.central is None:
+        return last_hit_id(config.database)
+    from resolver.central import CentralError, connect, first_line, psycopg
+
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            rows = conn.execute(
+                "SELECT site, (SELECT COALESCE(MAX(local_id), 0) FROM hits h "
+                "WHERE h.site = s.site) FROM sites s"
+            ).fetchall()
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+    return {site: int(n) for site, n in rows}
 
 
 def attempts(db_path: str, flt: LogFilter) -> list[dict[str, Any]]:
