@@ -115,7 +115,7 @@ def test_logged_out_pages_go_to_login_and_the_api_answers_401(site):
         for path in PAGES:
             r = c.get(path)
             assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
-        for path in (*API_GETS, "/api/stream"):
+        for path in (*API_GETS, "/api/stream", "/api/sites"):
             assert c.get(path).status_code == 401, path
         for path in API_POSTS:
             assert c.post(path, json={"name": "x.example"}).status_code == 401, path
@@ -170,6 +170,14 @@ def test_every_page_and_get_route_answers_both_roles(site):
                 r = c.get(path)
                 assert r.status_code == 200, (user[0], path, r.text[:300])
             assert c.get("/api/session").json()["role"] == ("admin" if user is ADMIN else "viewer")
+
+
+def test_api_sites_is_for_a_central_store_only(site):
+    # One site, no central store: no sites to list (tests/test_central.py has the rest).
+    with login(site, VIEWER) as c:
+        r = c.get("/api/sites")
+        assert r.status_code == 404 and "no central store" in r.json()["error"]
+        assert 'id="sites"' not in c.get("/").text
 
 
 def test_api_report_is_the_cli_report(site):
