@@ -139,7 +139,13 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(name: str, argv: list[str], workdir: Path, cwd: Path | None = None) -> Iterator[Daemon]:
+def daemon(
+    name: str,
+    argv: list[str],
+    workdir: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Daemon]:
     """Run argv for the duration of the with block; always stopped on the way out."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
@@ -150,6 +156,7 @@ def daemon(name: str, argv: list[str], workdir: Path, cwd: Path | None = None) -
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env={**os.environ, **env} if env else None,
             start_new_session=True,
         )
         try:
@@ -584,6 +591,8 @@ def prepare(workdir: Path, zone_names: int, runs: int, pin: bool) -> tuple[Setup
 
 #: The row of the server with hit recording stubbed out.
 NO_RECORDING = "sinkhole (no recording)"
+#: The row of the server on its pure-Python datagram loop (resolver/batchio.py).
+NO_SPEEDUPS = "sinkhole (no speedups)"
 
 
 @dataclass
@@ -597,6 +606,8 @@ class Variant:
     note: str = ""
     #: sinkhole only: what `python` runs before `serve --config CONF`
     launcher: tuple[str, ...] = ("-m", "resolver")
+    #: added to the server's environment
+    env: dict[str, str] = field(default_factory=dict)
 
 
 VARIANTS = [
@@ -609,6 +620,16 @@ VARIANTS = [
         ("blocked",),
         note="Recorder.hit stubbed out (bench/no_recording.py): the baseline for recording cost",
         launcher=(str(BENCH_DIR / "no_recording.py"),),
+    ),
+    # The same server on the recvfrom/sendto loop instead of the C speedups'
+    # recvmmsg/sendmmsg (issue 17): what batching the datagram I/O gains.
+    Variant(
+        "sinkhole",
+        NO_SPEEDUPS,
+        ("blocked", "cached"),
+        {"privacy": {"clients": "hashed"}},
+        note="SINKHOLE_NO_SPEEDUPS=1: the pure-Python datagram loop, the baseline of the speedups",
+        env={"SINKHOLE_NO_SPEEDUPS": "1"},
     ),
     Variant("dnsmasq", "dnsmasq", SCENARIO_NAMES),
     Variant("unbound", "unbound", SCENARIO_NAMES),
@@ -713,7 +734,9 @@ def server_under_test(setup: Setup, variant: Variant) -> Iterator[tuple[int, int
     port = free_port()
     argv, cwd = SERVER_ARGV[variant.server](setup, port, variant)
     name = variant.label.split()[0]
-    with daemon(name, pinned(setup.server_cpu, argv), setup.workdir, cwd=cwd) as server:
+    with daemon(
+        name, pinned(setup.server_cpu, argv), setup.workdir, cwd=cwd, env=variant.env
+    ) as server:
         wait_until_answers(
             server,
             port,
@@ -945,6 +968,13 @@ def target_lines(scenario: str, rows: dict[str, Summary]) -> list[str]:
         lines.append(
             f"- sinkhole/dnsmasq qps: **{fmt(r)}** (target >= 0.60 with zero lost): {verdict(ok)}"
         )
+        plain = rows.get(NO_SPEEDUPS)
+        if plain is not None:
+            lines.append(
+                f"- without the C speedups, sinkhole (no speedups)/dnsmasq qps: "
+                f"**{fmt(ratio(plain, dnsmasq))}**; speedups gain, qps(sinkhole) / "
+                f"qps(no speedups): **{fmt(ratio(sink, plain))}** (reference)"
+            )
     if scenario == "blocked":
         free = rows.get(NO_RECORDING)
         kept = ratio(sink, free)

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import concurrent.futures
 import gc
+import itertools
 import logging
 import resource
 import socket
@@ -14,6 +15,8 @@ import time
 from collections.abc import Coroutine
 
 from resolver import __version__
+from resolver.batchio import IMPLEMENTATION as BATCH_IO
+from resolver.batchio import recv_batch, send_batch
 from resolver.catalog import load_catalog
 from resolver.config import (
     Config,
@@ -119,7 +122,10 @@ class UdpListener:
 
     An asyncio DatagramProtocol costs an event-loop round and a transport call
     per datagram; reading and answering straight from the socket is what lets
-    a Python server keep up with a C one on local answers.
+    a Python server keep up with a C one on local answers. The datagrams of a
+    wake-up are read, and the answers made from them sent, in batches
+    (resolver/batchio.py: recvmmsg/sendmmsg with the C speedups, a
+    recvfrom/sendto loop without; the logic here is the same for both).
     """
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
@@ -143,22 +149,30 @@ class UdpListener:
             self.sock.close()
 
     def _readable(self) -> None:
-        recvfrom = self.sock.recvfrom
         handle = self.server.resolver.handle
-        for _ in range(UDP_BATCH):
+        answers: list[tuple[bytes, tuple]] = []
+        budget = UDP_BATCH
+        while budget > 0:
             try:
-                data, addr = recvfrom(UDP_MAX_QUERY)
+                batch = recv_batch(self.sock, budget, UDP_MAX_QUERY)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
+                budget -= 1
                 continue  # an ICMP error queued on the socket: nothing to answer
-            try:
-                # A forwarded query returns None now and comes back through send().
-                out = handle(data, addr[0], self, addr)
-                if out is not None:
-                    self.send(out, addr)
-            except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
-                log.exception("error handling a UDP query from %s", addr[0])
+            for data, addr in batch:
+                try:
+                    # A forwarded query returns None now and comes back through send().
+                    out = handle(data, addr[0], self, addr)
+                    if out is not None:
+                        answers.append((out, addr))
+                except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
+                    log.exception("error handling a UDP query from %s", addr[0])
+            if len(batch) < budget:
+                break  # the socket is drained (or an error waits): the next wake-up reads on
+            budget -= len(batch)
+        if answers:
+            self.send_many(answers)
 
     def expect(self) -> None:
         """A query parked on an upstream: nothing to do, its answer comes to send()."""
@@ -174,20 +188,41 @@ class UdpListener:
                 self.loop.add_writer(self.sock.fileno(), self._writable)
             except OSError:
                 return  # the client's address is unreachable: nothing to do
+        self._hold(out, addr)
+
+    def send_many(self, items: list[tuple[bytes, tuple]]) -> None:
+        """Send the answers of one wake-up, in order, as send() would one by one."""
+        if self.closed:
+            return
+        i = 0
+        if not self.backlog:
+            while i < len(items):
+                try:
+                    i += send_batch(self.sock, items, i)
+                except (BlockingIOError, InterruptedError):
+                    self.loop.add_writer(self.sock.fileno(), self._writable)
+                    break
+                except OSError:
+                    i += 1  # that client's address is unreachable: nothing to do
+        for out, addr in itertools.islice(items, i, None):
+            self._hold(out, addr)
+
+    def _hold(self, out: bytes, addr: tuple) -> None:
         if len(self.backlog) < UDP_SEND_BACKLOG:
             self.backlog.append((out, addr))
         # Past the bound an answer is dropped; the client retries as over any UDP path.
 
     def _writable(self) -> None:
         while self.backlog:
-            out, addr = self.backlog[0]
+            items = list(itertools.islice(self.backlog, UDP_BATCH))
             try:
-                self.sock.sendto(out, addr)
+                sent = send_batch(self.sock, items, 0)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                pass
-            self.backlog.popleft()
+                sent = 1  # that one's address is unreachable: dropped
+            for _ in range(sent):
+                self.backlog.popleft()
         self.loop.remove_writer(self.sock.fileno())
 
 
@@ -577,6 +612,7 @@ class Server:
             f" {m.allow_count} allowed; answer mode {cfg.sinkhole.mode}",
             f"database: {self.db_path}; privacy: clients {cfg.privacy.clients}, "
             f"retention {cfg.privacy.retention_days} days",
+            f"udp datagram i/o: {BATCH_IO}",
         ]
 
 
