@@ -512,6 +512,51 @@ def test_one_policy_for_all_sites(
         assert wait_for(lambda p=proc: not _sinkholed(p), 20), proc.stderr_text()
 
 
+def _sinkholed_from(proc, source: str, name: str = "chatgpt.com") -> bool:
+    import dns.message
+    import dns.query
+
+    host, port = proc.address
+    q = dns.message.make_query(name, "A", use_edns=0)
+    answer = dns.query.udp(q, host, port=port, timeout=5, source=source)
+    return bool(answer.answer) and answer.answer[0][0].to_text() == "0.0.0.0"
+
+
+def test_a_group_exemption_set_on_one_machine_applies_on_every_site(
+    sinkhole, central_dsn: str, tmp_path: Path
+) -> None:
+    _migrated(central_dsn)
+    groups = {"groups": {"ai-lab": {"networks": ["127.0.0.5/32"]}}}
+    sites = [_site(sinkhole, central_dsn, name, clients=groups) for name in ("gx1", "gx2")]
+    admin = _config_file(tmp_path, central_dsn, site="admin-gx")
+    assert run_cli("central", "push", "--config", str(admin)).returncode == 0
+    assert all(_sinkholed_from(p, "127.0.0.5") for p in sites)
+    done = run_cli("groups", "exempt", "ai-lab", "openai-chatgpt", "--config", str(admin))
+    assert done.returncode == 0, done.stderr
+    # The admin's config has no such group: said, not refused (networks are per site).
+    assert "this config has no group 'ai-lab'" in done.stderr
+    for proc in sites:
+        assert _within(2.0, lambda p=proc: not _sinkholed_from(p, "127.0.0.5")), proc.stderr_text()
+        assert _sinkholed_from(proc, "127.0.0.6")
+    with psycopg.connect(central_dsn) as conn:
+        (tables,) = conn.execute("SELECT tables FROM policy").fetchone()
+    assert [r[:2] for r in tables["group_exemptions"]["rows"]] == [["ai-lab", "openai-chatgpt"]]
+    listing = json.loads(run_cli("groups", "--json", "--config", str(admin)).stdout)
+    assert listing == [
+        {
+            "label": "ai-lab",
+            "networks": [],
+            "exempt_config": [],
+            "exempt_policy": ["openai-chatgpt"],
+            "in_config": False,
+        }
+    ]
+    undone = run_cli("groups", "unexempt", "ai-lab", "openai-chatgpt", "--config", str(admin))
+    assert undone.returncode == 0, undone.stderr
+    for proc in sites:
+        assert _within(2.0, lambda p=proc: _sinkholed_from(p, "127.0.0.5")), proc.stderr_text()
+
+
 def _applied(config: Path) -> dict:
     """The policy version each site with a server says it applies (`sinkhole sites`)."""
     rows = json.loads(run_cli("sites", "--json", "--config", str(config)).stdout)
