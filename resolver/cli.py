@@ -820,10 +820,6 @@ def report(
         Store(config.database).close()  # creates or migrates the file: a new install gets one
         data = build(config.database)
     text = rpt.RENDERERS[fmt](data)
-    if config.central is not None:
-        from resolver.central.report import sites_section
-
-        text += sites_section(data, fmt)
     if output:
         label = data["period"]["week"] or data["period"]["start"][:10]
         path = Path(output.replace("{week}", label))

@@ -17,6 +17,7 @@ from typing import Any
 from resolver.central import CentralError, connect, first_line, psycopg
 from resolver.central.schema import require_schema
 from resolver.config import CentralConfig
+from resolver.report.queries import GAP_NOT_SHIPPED
 
 #: Hits this long before the period are read too: a lookup there may end an attempt.
 LEAD_SECONDS = 3600
@@ -131,7 +132,7 @@ def _behind(conn, site: str, t0: int, t1: int) -> list[dict]:
         return []
     return [
         {
-            "kind": "not shipped yet",
+            "kind": GAP_NOT_SHIPPED,
             "start": _iso(max(row[1], t0)),
             "end": _iso(t1),
             "backlog": row[0],
@@ -198,32 +199,3 @@ def recent_hits(
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     except pg.Error as exc:
         raise CentralError(f"central store: {first_line(exc)}") from None
-
-
-def sites_section(data: dict[str, Any], fmt: str) -> str:
-    """The per-site breakdown for the text and markdown reports ('' for other formats,
-    whose data carries it as `sites`)."""
-    from resolver.presentation import strip_controls
-
-    rows = data.get("sites")
-    if not rows or fmt not in ("text", "markdown"):
-        return ""
-    if fmt == "markdown":
-        lines = [
-            "",
-            "## Sites",
-            "",
-            "| Site | Blocked | Attempts | Gaps |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for r in rows:
-            site = strip_controls(r["site"])
-            lines.append(f"| {site} | {r['blocked']} | {r['attempts']} | {len(r['gaps'])} |")
-        return "\n".join(lines) + "\n"
-    lines = ["", "Sites (blocked, attempts, gaps in the period):"]
-    for r in rows:
-        kinds = ", ".join(sorted({g["kind"] for g in r["gaps"]})) or "none"
-        lines.append(
-            f"  {strip_controls(r['site']):<24} {r['blocked']:>8} {r['attempts']:>8}  gaps: {kinds}"
-        )
-    return "\n".join(lines) + "\n"
