@@ -22,6 +22,8 @@ from resolver.report.queries import GAP_NOT_SHIPPED
 #: Hits this long before the period are read too: a lookup there may end an attempt.
 LEAD_SECONDS = 3600
 HIT_COLUMNS = "ts, client, client_group, qname, qtype, service, category, rule, action, count"
+#: Hits read from PostgreSQL and written to the report's SQLite file at a time.
+FETCH_ROWS = 50_000
 TRAFFIC_COLUMNS = "minute, queries, blocked, forwarded, cached, failed, refused, recorder_lag"
 
 
@@ -51,12 +53,17 @@ def materialize(conn, path: str, sites: Sequence[str], t0: int, t1: int) -> None
     local = sqlite_connect(path)
     try:
         local.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(
-            f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s AND ts < %s "
-            "ORDER BY ts, site, local_id",
-            (list(sites), t0 - LEAD_SECONDS, t1),
-        ).fetchall()
-        write_hits(local, [tuple(r) for r in rows])
+        # Streamed from a server-side cursor in chunks, as the recorder writes its
+        # batches: memory stays flat whatever the period holds.
+        with conn.transaction(), conn.cursor(name="sinkhole_report_hits") as cur:
+            cur.itersize = FETCH_ROWS
+            cur.execute(
+                f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s "
+                "AND ts < %s ORDER BY ts, site, local_id",
+                (list(sites), t0 - LEAD_SECONDS, t1),
+            )
+            while rows := cur.fetchmany(FETCH_ROWS):
+                write_hits(local, rows)
         for row in conn.execute(
             """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached),
                        SUM(failed), SUM(refused), MAX(recorder_lag)
