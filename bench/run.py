@@ -477,6 +477,9 @@ class Setup:
     load_cpu: str | None
     server_cpu: str | None
     catalog_note: str
+    #: The throwaway PostgreSQL cluster of the central variant (tests/pgtest.py), or None.
+    central_cluster: object | None = None
+    central_starts: int = 0
 
 
 def start_nsd(workdir: Path, cpu: str | None) -> tuple[int, contextlib.ExitStack]:
@@ -593,6 +596,8 @@ def prepare(workdir: Path, zone_names: int, runs: int, pin: bool) -> tuple[Setup
 NO_RECORDING = "sinkhole (no recording)"
 #: The row of the server on its pure-Python datagram loop (resolver/batchio.py).
 NO_SPEEDUPS = "sinkhole (no speedups)"
+#: The row of the server with `central` configured, shipping to PostgreSQL.
+CENTRAL = "sinkhole (central)"
 
 
 @dataclass
@@ -608,6 +613,8 @@ class Variant:
     launcher: tuple[str, ...] = ("-m", "resolver")
     #: added to the server's environment
     env: dict[str, str] = field(default_factory=dict)
+    #: sinkhole only: `central` configured against the bench's PostgreSQL cluster
+    central: bool = False
 
 
 VARIANTS = [
@@ -631,6 +638,17 @@ VARIANTS = [
         note="SINKHOLE_NO_SPEEDUPS=1: the pure-Python datagram loop, the baseline of the speedups",
         env={"SINKHOLE_NO_SPEEDUPS": "1"},
     ),
+    # The same server as the first row with `central` configured: its shipper sends the
+    # hits to a throwaway PostgreSQL cluster while dnsperf runs (issue 14).
+    Variant(
+        "sinkhole",
+        CENTRAL,
+        ("blocked",),
+        {"privacy": {"clients": "hashed"}},
+        note="`central` configured: a fresh database on a throwaway PostgreSQL 15 cluster "
+        "(tests/pgtest.py) on loopback per start, the shipper and the policy watcher running",
+        central=True,
+    ),
     Variant("dnsmasq", "dnsmasq", SCENARIO_NAMES),
     Variant("unbound", "unbound", SCENARIO_NAMES),
 ]
@@ -652,9 +670,55 @@ def sinkhole_argv(setup: Setup, port: int, variant: Variant) -> tuple[list[str],
         "workers": 1,
     }
     config.update(variant.extra)
+    if variant.central:
+        config["central"] = {"dsn": central_database(setup), "site": "bench"}
     conf = setup.workdir / "sinkhole.yaml"
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
     return [sys.executable, *variant.launcher, "serve", "--config", str(conf)], REPO_ROOT
+
+
+def central_database(setup: Setup) -> str:
+    """A new, migrated central database on the bench's cluster; its DSN."""
+    if setup.central_cluster is None:
+        raise BenchError("no PostgreSQL cluster for the central variant (see the log)")
+    from resolver.central import connect
+    from resolver.central.schema import migrate
+    from resolver.config import CentralConfig
+
+    setup.central_starts += 1
+    dsn = setup.central_cluster.create_database(f"bench_{setup.central_starts}")
+    with connect(CentralConfig(dsn=dsn, site="bench")) as conn:
+        migrate(conn)
+    return dsn
+
+
+def central_shipped(setup: Setup) -> int:
+    """SUM(count) of the hits the last central start shipped to PostgreSQL."""
+    import psycopg
+
+    dsn = setup.central_cluster.dsn(f"bench_{setup.central_starts}")
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(count), 0) FROM hits").fetchone()[0])
+
+
+def start_central(setup: Setup, stack: contextlib.ExitStack) -> None:
+    """Start the throwaway PostgreSQL cluster of the central variant, if it can be."""
+    try:
+        import psycopg  # noqa: F401
+
+        from tests.pgtest import PgCluster, PgError
+    except ImportError as exc:
+        log(f"central variant skipped: {exc} (pip install '.[postgres]')")
+        return
+    try:
+        cluster = PgCluster()
+        stack.callback(cluster.destroy)
+        cluster.create().start()
+    except PgError as exc:
+        log(f"central variant skipped: {exc}")
+        return
+    setup.central_cluster = cluster
+    log(f"PostgreSQL for the central variant on {LOOPBACK}:{cluster.port}")
 
 
 def dnsmasq_argv(setup: Setup, port: int, _variant: Variant) -> tuple[list[str], Path | None]:
@@ -985,6 +1049,12 @@ def target_lines(scenario: str, rows: dict[str, Summary]) -> list[str]:
             f"- hit-recording cost, 1 - qps(recording, hashed) / qps(no recording): **{percent}**"
             f" (target <= 10%): {verdict(ok)}"
         )
+        central = ratio(rows.get(CENTRAL), sink)
+        if central is not None:
+            lines.append(
+                f"- central store on, qps(central) / qps(sinkhole): **{fmt(central)}** "
+                "(reference: what shipping to PostgreSQL costs the DNS path)"
+            )
     if scenario == "miss":
         r = ratio(sink, dnsmasq)
         ok = None if r is None else r >= 2.0
@@ -1096,6 +1166,8 @@ def run_all(
             for variant in variants:
                 if scenario not in variant.scenarios or variant.server in broken:
                     continue
+                if variant.central and setup.central_cluster is None:
+                    continue
                 where = f"{variant.label} / {scenario} run {run + 1}/{args.runs}"
                 try:
                     with server_under_test(setup, variant) as (port, pid):
@@ -1106,6 +1178,9 @@ def run_all(
                     if "before answering" in str(exc):
                         broken.add(variant.server)
                     continue
+                if variant.central:
+                    shipped = central_shipped(setup)
+                    log(f"{where}: {shipped} blocked lookups shipped by the end of the run")
                 results.setdefault(scenario, {}).setdefault(variant.label, Summary([]))
                 results[scenario][variant.label].runs.append(perf)
                 log(
@@ -1210,6 +1285,8 @@ def main(argv: list[str] | None = None) -> int:
         setup.nsd_port = nsd_port
         log(f"nsd answers on {LOOPBACK}:{nsd_port} ({args.zone_names} names)")
         with nsd_stack:
+            if "sinkhole" in args.servers and "blocked" in args.only:
+                start_central(setup, nsd_stack)
             run_all(setup, args, results, failures)
     except KeyboardInterrupt:
         log("interrupted; every process started has been stopped")

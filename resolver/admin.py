@@ -101,6 +101,61 @@ def toggle_lists(
     return targets
 
 
+def edit_group_exempt(
+    store: PolicyStore,
+    catalog: Catalog,
+    label: str,
+    names: Iterable[str],
+    exempt: bool,
+    *,
+    command: str,
+    comment: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """`sinkhole groups exempt|unexempt`: (services changed, services already so).
+
+    Raises:
+        SinkholeError: the label is empty or a name is no catalog service or category.
+    """
+    if not label.strip() or label != label.strip():
+        raise SinkholeError(f"group label {label!r}: must be a non-empty word")
+    services: list[str] = []
+    for name in names:
+        if name in catalog.categories:
+            services.extend(catalog.categories[name])
+        elif name in catalog.services:
+            services.append(name)
+        else:
+            raise SinkholeError(
+                f"unknown service {name!r}: use a service id or a category "
+                f"({', '.join(catalog.categories)}); see `sinkhole lists`"
+            )
+    services = list(dict.fromkeys(services))
+    same = store.set_group_exempt(label, services, exempt, command=command, comment=comment)
+    return [s for s in services if s not in same], same
+
+
+def group_overview(store: PolicyStore, config) -> list[dict]:
+    """`sinkhole groups`: each group of this config or of the policy, its networks (from
+    the config), and the services it may use, from the config and from the policy."""
+    db: dict[str, list[str]] = {}
+    for row in store.group_exemptions():
+        db.setdefault(row["label"], []).append(row["service"])
+    labels = list(config.clients.groups) + sorted(set(db) - set(config.clients.groups))
+    out = []
+    for label in labels:
+        group = config.clients.groups.get(label)
+        out.append(
+            {
+                "label": label,
+                "networks": list(group.networks) if group else [],
+                "exempt_config": list(group.exempt) if group else [],
+                "exempt_policy": db.get(label, []),
+                "in_config": group is not None,
+            }
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class RuleEdit:
     """What `edit_rules` did: the patterns changed, and those it found no rule for."""

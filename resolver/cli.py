@@ -547,6 +547,91 @@ _rule_command(
 )
 
 
+@cli.group("groups", cls=SinkholeGroup, invoke_without_command=True)
+@common
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def groups(ctx: click.Context, config_path, db, as_json: bool) -> None:
+    """Client groups: their networks (config) and the services they may use (config and
+    policy; a group may use the services of both).
+
+    Example: sinkhole groups exempt ai-lab openai-chatgpt
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from resolver.admin import group_overview
+
+    config = get_config(config_path, db)
+    store, _ = open_store(config)
+    with store:
+        out = group_overview(store, config)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        click.echo("no client groups (clients.groups in the config)")
+    for g in out:
+        nets = ", ".join(g["networks"]) or "no networks in this config"
+        click.echo(f"{g['label']}: {nets}")
+        click.echo(f"  exempt (config): {', '.join(g['exempt_config']) or '-'}")
+        click.echo(f"  exempt (policy): {', '.join(g['exempt_policy']) or '-'}")
+
+
+def _group_exempt(config_path, db, label, names, comment, exempt: bool) -> None:
+    from resolver.admin import edit_group_exempt
+
+    config = get_config(config_path, db)
+    store, catalog = open_store(config)
+    with store:
+        done, same = edit_group_exempt(
+            store,
+            catalog,
+            label,
+            names,
+            exempt,
+            command=command_line(label, *names),
+            comment=comment,
+        )
+    verb = "may now use" if exempt else "may no longer use"
+    if done:
+        click.echo(f"group {label} {verb}: {', '.join(done)}")
+    if same:
+        state = "already exempt" if exempt else "not exempt in the policy"
+        click.echo(f"group {label} {state}: {', '.join(same)}")
+    if label not in config.clients.groups:
+        click.echo(
+            f"note: this config has no group {label!r} (clients.groups.{label}.networks): "
+            "the exemption applies on the sites whose config has it",
+            err=True,
+        )
+
+
+@groups.command("exempt")
+@common
+@click.argument("label")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def groups_exempt(config_path, db, label, names, comment) -> None:
+    """Let client group LABEL use catalog services (ids or categories), in the policy.
+
+    Example: sinkhole groups exempt ai-lab openai-chatgpt --comment "pilot, ticket 4711"
+    """
+    _group_exempt(config_path, db, label, names, comment, True)
+
+
+@groups.command("unexempt")
+@common
+@click.argument("label")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--comment", help="Why; kept in the audit trail.")
+def groups_unexempt(config_path, db, label, names, comment) -> None:
+    """Remove exemptions set with `groups exempt` (the config's stay).
+
+    Example: sinkhole groups unexempt ai-lab openai-chatgpt
+    """
+    _group_exempt(config_path, db, label, names, comment, False)
+
+
 @cli.command("export")
 @common
 @click.option(
@@ -706,10 +791,6 @@ def report(
         raise click.UsageError("--site needs a central section in the config")
     data = build_report_for(config, catalog, start, end, tz=tz, top=top, lang=lang, sites=sites)
     text = rpt.RENDERERS[fmt](data)
-    if config.central is not None:
-        from resolver.central.report import sites_section
-
-        text += sites_section(data, fmt)
     if output:
         label = data["period"]["week"] or data["period"]["start"][:10]
         path = Path(output.replace("{week}", label))

@@ -279,6 +279,7 @@ class Policy:
         matcher: Matcher,
         config: Config,
         version: int = 0,
+        group_exempt: dict[str, set[str]] | None = None,
     ) -> None:
         self.matcher = matcher
         self.version = version
@@ -290,7 +291,7 @@ class Policy:
             (
                 g.name,
                 [ipaddress.ip_network(n, strict=False) for n in g.networks],
-                frozenset(g.exempt),
+                frozenset(g.exempt) | frozenset((group_exempt or {}).get(g.name, ())),
             )
             for g in config.clients.groups.values()
         ]
@@ -395,6 +396,9 @@ class PolicyState:
     block: list[tuple[str, str | None]] = field(default_factory=list)  # (pattern, comment)
     allow: list[tuple[str, str | None]] = field(default_factory=list)
     version: int = 0
+    #: Services each client group may use, set with `sinkhole groups exempt`; added to
+    #: the config's `clients.groups.<label>.exempt` (the group's networks stay there).
+    group_exempt: dict[str, set[str]] = field(default_factory=dict)
 
 
 def policy_sources(catalog, state: PolicyState) -> Iterator[tuple[str, Iterable[str], Any]]:
@@ -427,6 +431,6 @@ def build_policy(catalog, state: PolicyState, config: Config) -> Policy:
         add = m.add_block if kind == "block" else m.add_allow
         for pattern in patterns:
             add(pattern, tag)
-    policy = Policy(m, config, state.version)
+    policy = Policy(m, config, state.version, state.group_exempt)
     policy.enabled_services = frozenset(s for s in state.enabled_services if s in catalog.services)
     return policy

@@ -241,3 +241,11 @@ CREATE TRIGGER central_traffic_changed AFTER UPDATE ON traffic
                 ON CONFLICT(minute) DO UPDATE SET rev = rev + 1;
         END;
 
+-- table group_exemptions
+CREATE TABLE group_exemptions (
+            label TEXT NOT NULL,
+            service TEXT NOT NULL,
+            created TEXT NOT NULL,
+            user TEXT,
+            PRIMARY KEY (label, service));
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import sqlite3
@@ -178,3 +179,61 @@ def test_a_new_catalog_service_is_blocked_after_an_upgrade_and_marked_new(
     assert first_address(ask(restarted, "new-chat.example.test")) == "0.0.0.0"
     again = run_cli("lists", env=env)
     assert again.returncode == 0 and " NEW" not in again.stdout
+
+
+def test_group_exemption_set_by_the_cli_applies_within_2s(sinkhole, everything):
+    # The group's networks are in the config; what it may use is set in the policy.
+    server = sinkhole(
+        {
+            "upstreams": [hostport(everything.address)],
+            "clients": {
+                "groups": {
+                    "ai-lab": {"networks": ["127.0.0.5/32"]},
+                    "staff": {"networks": ["127.0.0.0/8"], "exempt": ["anthropic-claude"]},
+                }
+            },
+        }
+    )
+    config = str(server.config_path)
+    # The CLI on the server's database ($SINKHOLE_DB would beat the config's).
+    env = {"SINKHOLE_DB": server.config["database"]}
+    assert first_address(ask(server, "chatgpt.com", source="127.0.0.5")) == "0.0.0.0"
+    done = run_cli(
+        "groups",
+        "exempt",
+        "ai-lab",
+        "openai-chatgpt",
+        "--comment",
+        "pilot",
+        "--config",
+        config,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "group ai-lab may now use: openai-chatgpt" in done.stdout
+    assert wait_for(
+        lambda: first_address(ask(server, "chatgpt.com", source="127.0.0.5")) == EVERYWHERE, 2.0
+    ), server.stderr_text()
+    # Only that group, only that service; the config's exemptions still hold beside it.
+    assert first_address(ask(server, "chatgpt.com", source="127.0.0.6")) == "0.0.0.0"
+    assert first_address(ask(server, "claude.ai", source="127.0.0.5")) == "0.0.0.0"
+    assert first_address(ask(server, "claude.ai", source="127.0.0.6")) == EVERYWHERE
+    listing = run_cli("groups", "--json", "--config", config, env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {g["label"]: g for g in json.loads(listing.stdout)}
+    assert rows["ai-lab"]["exempt_policy"] == ["openai-chatgpt"]
+    assert rows["staff"]["exempt_config"] == ["anthropic-claude"]
+    history = run_cli("lists", "history", "--json", "--config", config, env=env)
+    entry = json.loads(history.stdout)[0]
+    assert entry["command"] == "sinkhole groups exempt ai-lab openai-chatgpt"
+    assert entry["comment"] == "pilot"
+
+    undone = run_cli("groups", "unexempt", "ai-lab", "openai-chatgpt", "--config", config, env=env)
+    assert undone.returncode == 0, undone.stderr
+    assert wait_for(
+        lambda: first_address(ask(server, "chatgpt.com", source="127.0.0.5")) == "0.0.0.0", 2.0
+    )
+    bad = run_cli("groups", "exempt", "ai-lab", "no-such-service", "--config", config, env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.count("\n") == 1 and "unknown service 'no-such-service'" in bad.stderr
+    assert server.stop() == 0

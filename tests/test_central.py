@@ -381,7 +381,7 @@ def test_two_sites_reach_postgresql_exactly(sinkhole, central_dsn: str, tmp_path
     )
     assert json.loads(one.stdout)["totals"]["blocked"] == 17
     text = run_cli("report", "--since", "1h", "--config", str(cfg)).stdout
-    assert "Sites (blocked, attempts, gaps in the period):" in text
+    assert "\nSites\n-----\n" in text
     assert any(line.split()[:3] == ["dns2", "17", "1"] for line in text.splitlines())
     bad = run_cli("report", "--since", "1h", "--site", "nope", "--config", str(cfg))
     assert bad.returncode == 1 and "--site nope: no such site" in bad.stderr
@@ -513,6 +513,51 @@ def test_one_policy_for_all_sites(
         assert wait_for(lambda p=proc: not _sinkholed(p), 20), proc.stderr_text()
 
 
+def _sinkholed_from(proc, source: str, name: str = "chatgpt.com") -> bool:
+    import dns.message
+    import dns.query
+
+    host, port = proc.address
+    q = dns.message.make_query(name, "A", use_edns=0)
+    answer = dns.query.udp(q, host, port=port, timeout=5, source=source)
+    return bool(answer.answer) and answer.answer[0][0].to_text() == "0.0.0.0"
+
+
+def test_a_group_exemption_set_on_one_machine_applies_on_every_site(
+    sinkhole, central_dsn: str, tmp_path: Path
+) -> None:
+    _migrated(central_dsn)
+    groups = {"groups": {"ai-lab": {"networks": ["127.0.0.5/32"]}}}
+    sites = [_site(sinkhole, central_dsn, name, clients=groups) for name in ("gx1", "gx2")]
+    admin = _config_file(tmp_path, central_dsn, site="admin-gx")
+    assert run_cli("central", "push", "--config", str(admin)).returncode == 0
+    assert all(_sinkholed_from(p, "127.0.0.5") for p in sites)
+    done = run_cli("groups", "exempt", "ai-lab", "openai-chatgpt", "--config", str(admin))
+    assert done.returncode == 0, done.stderr
+    # The admin's config has no such group: said, not refused (networks are per site).
+    assert "this config has no group 'ai-lab'" in done.stderr
+    for proc in sites:
+        assert _within(2.0, lambda p=proc: not _sinkholed_from(p, "127.0.0.5")), proc.stderr_text()
+        assert _sinkholed_from(proc, "127.0.0.6")
+    with psycopg.connect(central_dsn) as conn:
+        (tables,) = conn.execute("SELECT tables FROM policy").fetchone()
+    assert [r[:2] for r in tables["group_exemptions"]["rows"]] == [["ai-lab", "openai-chatgpt"]]
+    listing = json.loads(run_cli("groups", "--json", "--config", str(admin)).stdout)
+    assert listing == [
+        {
+            "label": "ai-lab",
+            "networks": [],
+            "exempt_config": [],
+            "exempt_policy": ["openai-chatgpt"],
+            "in_config": False,
+        }
+    ]
+    undone = run_cli("groups", "unexempt", "ai-lab", "openai-chatgpt", "--config", str(admin))
+    assert undone.returncode == 0, undone.stderr
+    for proc in sites:
+        assert _within(2.0, lambda p=proc: _sinkholed_from(p, "127.0.0.5")), proc.stderr_text()
+
+
 def _applied(config: Path) -> dict:
     """The policy version each site with a server says it applies (`sinkhole sites`)."""
     rows = json.loads(run_cli("sites", "--json", "--config", str(config)).stdout)
@@ -558,6 +603,61 @@ def test_report_shows_a_site_behind_on_shipping(central_dsn: str, tmp_path: Path
     assert behind and behind[0]["backlog"] == 7
     text = run_cli("sites", "--config", str(cfg))
     assert "backlog 7" in text.stdout
+
+
+def _two_site_period(central_dsn: str, tmp_path: Path) -> tuple[Path, int]:
+    _migrated(central_dsn)
+    now = int(time.time()) // 60 * 60
+    hits = {
+        "dns1": [_hit(now - 1800, client="10.0.0.1"), _hit(now - 900, client="10.0.0.2", n=3)],
+        "dns2": [_hit(now - 600, qname="claude.ai", client="10.0.0.3", n=5)],
+    }
+    for site, rows in hits.items():
+        _local(tmp_path / f"{site}.db", rows)
+        ship_all(CentralConfig(dsn=central_dsn, site=site), str(tmp_path / f"{site}.db"))
+    with psycopg.connect(central_dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sites SET backlog = 7, oldest_unshipped = %s WHERE site = 'dns2'", (now - 300,)
+        )
+    return _config_file(tmp_path, central_dsn, site="admin"), now
+
+
+def test_every_report_format_shows_each_site(central_dsn: str, tmp_path: Path) -> None:
+    cfg, _now = _two_site_period(central_dsn, tmp_path)
+    args = ["report", "--since", "2h", "--config", str(cfg)]
+    data = json.loads(run_cli(*args, "--format", "json").stdout)
+    by_site = {s["site"]: s for s in data["sites"]}
+    assert {k: (v["blocked"], v["attempts"]) for k, v in by_site.items()} == {
+        "dns1": (4, 2),
+        "dns2": (5, 1),
+    }
+    assert [g["kind"] for g in by_site["dns2"]["gaps"]].count("not shipped yet") == 1
+
+    text = run_cli(*args).stdout
+    assert "\nSites\n-----\n" in text
+    lines = text.splitlines()
+    header = lines.index("Sites") + 2
+    assert lines[header].split() == ["Site", "Blocked", "Attempts", "Gaps"]
+    row = {line.split()[0]: line for line in lines[header + 2 : header + 4]}
+    assert row["dns1"].split()[1:3] == ["4", "2"]
+    assert row["dns2"].split()[1:3] == ["5", "1"]
+    assert "not-shipped-yet from " in row["dns2"] and "not-shipped-yet" not in row["dns1"]
+
+    html = run_cli(*args, "--format", "html").stdout
+    assert "<h2>Sites</h2>" in html
+    assert '<td class="">dns2</td><td class="n">5</td><td class="n">1</td>' in html
+    assert "not-shipped-yet from" in html
+    markdown = run_cli(*args, "--format", "markdown").stdout
+    assert "## Sites" in markdown and "| dns1 | 4 | 2 |" in markdown
+
+    fr = run_cli(*args, "--lang", "fr").stdout
+    assert "\nSites\n-----\n" in fr
+    fr_lines = fr.splitlines()
+    fr_header = fr_lines.index("Sites") + 2
+    assert fr_lines[fr_header].split()[:3] == ["Site", "Bloquées", "Tentatives"]
+    assert "pas encore envoyé du " in fr
+    fr_html = run_cli(*args, "--format", "html", "--lang", "fr").stdout
+    assert "<h2>Sites</h2>" in fr_html and "pas encore envoyé du " in fr_html
 
 
 def test_workers_of_one_site_ship_each_hit_once(sinkhole, central_dsn: str) -> None:

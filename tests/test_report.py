@@ -1199,6 +1199,7 @@ def test_m002_database_backfills_to_the_report_of_fresh_writes(
         "m004_web_users",
         "m005_list_sources",
         "m006_central_outbox",
+        "m007_group_exemptions",
     ]
     assert not sqlite_utils.Database(old)["hits_5min"].exists()
     for db in (old, new):

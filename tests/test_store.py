@@ -126,12 +126,13 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path, round_):
         ("m004_web_users",),
         ("m005_list_sources",),
         ("m006_central_outbox",),
+        ("m007_group_exemptions",),
     ]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
 def _one_more() -> tuple[Migration, ...]:
-    return (*MIGRATIONS, Migration("m007_hits_note", ("ALTER TABLE hits ADD COLUMN note TEXT",)))
+    return (*MIGRATIONS, Migration("m008_hits_note", ("ALTER TABLE hits ADD COLUMN note TEXT",)))
 
 
 def test_forward_migration_keeps_data_and_raises_the_version(db):
@@ -157,7 +158,7 @@ def test_forward_migration_keeps_data_and_raises_the_version(db):
 
 def test_failed_migration_changes_nothing(db):
     broken = Migration(
-        "m007_broken", ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")
+        "m008_broken", ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")
     )
     steps = (*MIGRATIONS, broken)
     db_ = sqlite_utils.Database(db)
@@ -166,7 +167,7 @@ def test_failed_migration_changes_nothing(db):
             migrate(db_, steps)
         assert not db_["half_done"].exists()
         assert schema_version(db_) == SCHEMA_VERSION
-        assert [m.name for m in pending(db_, steps)] == ["m007_broken"]
+        assert [m.name for m in pending(db_, steps)] == ["m008_broken"]
     finally:
         db_.close()
 
@@ -211,6 +212,7 @@ RELEASED = {
     "m004_web_users": "d25d7e9884574d78",
     "m005_list_sources": "3a4740777ccf6a92",
     "m006_central_outbox": "9fa1a35d13e4f37e",
+    "m007_group_exemptions": "41acdaa984139c5c",
 }
 
 

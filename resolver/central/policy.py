@@ -1,4 +1,4 @@
-"""One policy for all sites: lists, rules and the audit trail live in PostgreSQL.
+"""One policy for all sites: lists, rules, group exemptions and the audit trail live in PostgreSQL.
 
 The policy is kept centrally as one row of `policy`: its version and the rows of the
 policy tables of a site database (`POLICY_TABLES`). Two sides:
@@ -36,7 +36,7 @@ from resolver.store.policy_state import Store
 log = logging.getLogger("sinkhole.central")
 
 #: The tables of a site database that make the policy, parents before children.
-POLICY_TABLES = ("lists", "list_domains", "rules", "audit", "list_updates")
+POLICY_TABLES = ("lists", "list_domains", "rules", "audit", "list_updates", "group_exemptions")
 CHANNEL = "sinkhole_policy"
 #: The local setting holding the central policy version copied in last.
 APPLIED_KEY = "central_policy_version"
@@ -189,6 +189,7 @@ class OfflinePolicyStore(Store):
 
     # Every policy edit, refused before it looks at the local copy.
     set_enabled = add_rules = remove_rules = import_list = remove_list = _refuse
+    set_group_exempt = _refuse
     _bump = _refuse
 
 

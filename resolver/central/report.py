@@ -17,10 +17,13 @@ from typing import Any
 from resolver.central import CentralError, connect, first_line, psycopg
 from resolver.central.schema import require_schema
 from resolver.config import CentralConfig
+from resolver.report.queries import GAP_NOT_SHIPPED
 
 #: Hits this long before the period are read too: a lookup there may end an attempt.
 LEAD_SECONDS = 3600
 HIT_COLUMNS = "ts, client, client_group, qname, qtype, service, category, rule, action, count"
+#: Hits read from PostgreSQL and written to the report's SQLite file at a time.
+FETCH_ROWS = 50_000
 TRAFFIC_COLUMNS = "minute, queries, blocked, forwarded, cached, failed, refused, recorder_lag"
 
 
@@ -50,12 +53,17 @@ def materialize(conn, path: str, sites: Sequence[str], t0: int, t1: int) -> None
     local = sqlite_connect(path)
     try:
         local.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(
-            f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s AND ts < %s "
-            "ORDER BY ts, site, local_id",
-            (list(sites), t0 - LEAD_SECONDS, t1),
-        ).fetchall()
-        write_hits(local, [tuple(r) for r in rows])
+        # Streamed from a server-side cursor in chunks, as the recorder writes its
+        # batches: memory stays flat whatever the period holds.
+        with conn.transaction(), conn.cursor(name="sinkhole_report_hits") as cur:
+            cur.itersize = FETCH_ROWS
+            cur.execute(
+                f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s "
+                "AND ts < %s ORDER BY ts, site, local_id",
+                (list(sites), t0 - LEAD_SECONDS, t1),
+            )
+            while rows := cur.fetchmany(FETCH_ROWS):
+                write_hits(local, rows)
         for row in conn.execute(
             """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached),
                        SUM(failed), SUM(refused), MAX(recorder_lag)
@@ -131,7 +139,7 @@ def _behind(conn, site: str, t0: int, t1: int) -> list[dict]:
         return []
     return [
         {
-            "kind": "not shipped yet",
+            "kind": GAP_NOT_SHIPPED,
             "start": _iso(max(row[1], t0)),
             "end": _iso(t1),
             "backlog": row[0],
@@ -198,32 +206,3 @@ def recent_hits(
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     except pg.Error as exc:
         raise CentralError(f"central store: {first_line(exc)}") from None
-
-
-def sites_section(data: dict[str, Any], fmt: str) -> str:
-    """The per-site breakdown for the text and markdown reports ('' for other formats,
-    whose data carries it as `sites`)."""
-    from resolver.presentation import strip_controls
-
-    rows = data.get("sites")
-    if not rows or fmt not in ("text", "markdown"):
-        return ""
-    if fmt == "markdown":
-        lines = [
-            "",
-            "## Sites",
-            "",
-            "| Site | Blocked | Attempts | Gaps |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for r in rows:
-            site = strip_controls(r["site"])
-            lines.append(f"| {site} | {r['blocked']} | {r['attempts']} | {len(r['gaps'])} |")
-        return "\n".join(lines) + "\n"
-    lines = ["", "Sites (blocked, attempts, gaps in the period):"]
-    for r in rows:
-        kinds = ", ".join(sorted({g["kind"] for g in r["gaps"]})) or "none"
-        lines.append(
-            f"  {strip_controls(r['site']):<24} {r['blocked']:>8} {r['attempts']:>8}  gaps: {kinds}"
-        )
-    return "\n".join(lines) + "\n"

@@ -54,6 +54,9 @@ GAP_SETTLE_SECONDS = 120
 #: server writes every minute), its recorder was behind, or the database had never been
 #: used by a server yet (before its first start: no outage, nothing to record).
 GAP_DOWN, GAP_BEHIND, GAP_NOT_YET = "server-down", "recorder-behind", "not-yet-running"
+#: A site of the central store whose outbox still held hits of the period (its spelling
+#: is the JSON's since the central store was released).
+GAP_NOT_SHIPPED = "not shipped yet"
 
 
 def _first_start(conn: sqlite3.Connection) -> int | None:

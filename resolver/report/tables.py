@@ -12,7 +12,13 @@ from resolver.presentation import display_name, strip_controls
 from resolver.privacy import Period
 from resolver.report.notes import CLIENT_MODES, describe_modes, mode_runs
 from resolver.report.periods import WEEKDAYS, zone
-from resolver.report.queries import ATTEMPT_GAP_SECONDS, GAP_BEHIND, GAP_DOWN, GAP_NOT_YET
+from resolver.report.queries import (
+    ATTEMPT_GAP_SECONDS,
+    GAP_BEHIND,
+    GAP_DOWN,
+    GAP_NOT_SHIPPED,
+    GAP_NOT_YET,
+)
 
 EMPTY_WEEK = N_("No blocked attempts this week.")
 EMPTY_PERIOD = N_("No blocked attempts in this period.")
@@ -146,6 +152,7 @@ GAP_WORDS = {
     GAP_DOWN: N_("server-down"),
     GAP_BEHIND: N_("recorder-behind"),
     GAP_NOT_YET: N_("not-yet-running"),
+    GAP_NOT_SHIPPED: N_("not-shipped-yet"),
 }
 #: The changes of an imported list as the tables word them.
 LIST_CHANGE_WORDS = {
@@ -218,6 +225,17 @@ def _raw_sections(
         ]
         for g in report["gaps"]
     ]
+    # The central store's report: each site's own figures and gaps (the totals above
+    # count a client's attempt once, whichever sites answered it).
+    sites = [
+        [
+            s["site"],
+            n(s["blocked"]),
+            n(s["attempts"]),
+            "; ".join(_gap_cell(g, lang) for g in s["gaps"]) or _("none"),
+        ]
+        for s in report.get("sites") or []
+    ]
     # A report dict from before the changes were reported (a stored JSON) has none.
     changes = report.get("changes") or {
         "new_services": [],
@@ -278,7 +296,7 @@ def _raw_sections(
         zi = zone(report["period"]["timezone"])
         dated = spans[-1].end - spans[0].start > 7 * 86400
         top_title = _("Top clients (%(modes)s)", modes=describe_modes(spans, zi, dated, lang))
-    return [
+    out = [
         (_("Summary"), ["", ""], summary, ""),
         (
             _("Services"),
@@ -352,6 +370,29 @@ def _raw_sections(
             _("No other policy change."),
         ),
     ]
+    if report.get("sites"):
+        # After the gaps, so the sections' ids (DAYS_SECTION, ...) stay what they are.
+        at = next(i for i, s in enumerate(out) if s[2] is gaps) + 1
+        out.insert(
+            at,
+            (
+                _("Sites"),
+                [_("Site"), _("Blocked"), _("Attempts"), _("Gaps")],
+                sites,
+                "",
+            ),
+        )
+    return out
+
+
+def _gap_cell(gap: dict[str, Any], lang: Language) -> str:
+    kind = lang._(GAP_WORDS[gap["kind"]]) if gap["kind"] in GAP_WORDS else gap["kind"]
+    return lang._(
+        "%(kind)s from %(start)s to %(end)s",
+        kind=kind,
+        start=_short_time(gap["start"], lang),
+        end=_short_time(gap["end"], lang),
+    )
 
 
 def _spans(report: dict[str, Any]) -> list[Period]:

@@ -106,6 +106,23 @@ class PolicyStore(Protocol):
         """Returns the patterns that were not there."""
         ...
 
+    def set_group_exempt(
+        self,
+        label: str,
+        services: list[str],
+        exempt: bool,
+        *,
+        command: str,
+        comment: str | None = None,
+        user: str | None = None,
+    ) -> list[str]:
+        """Let client group LABEL use SERVICES, or stop; returns those already so."""
+        ...
+
+    def group_exemptions(self) -> list[dict[str, Any]]:
+        """Every exemption set with `sinkhole groups exempt`: label, service, created, user."""
+        ...
+
     def import_list(
         self,
         name: str,

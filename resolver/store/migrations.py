@@ -347,6 +347,22 @@ m006_central_outbox = Migration(
     ),
 )
 
+# m007: the services a client group may use, kept in the policy state (and so, with
+# `central`, in the central policy every site copies in). A site's policy is the union
+# of these and its config's `clients.groups.<label>.exempt`; a group's networks stay in
+# the config (they describe the site's address plan).
+m007_group_exemptions = Migration(
+    "m007_group_exemptions",
+    (
+        """CREATE TABLE group_exemptions (
+            label TEXT NOT NULL,
+            service TEXT NOT NULL,
+            created TEXT NOT NULL,
+            user TEXT,
+            PRIMARY KEY (label, service))""",
+    ),
+)
+
 #: Every migration, in the order they apply; the schema version is their number.
 MIGRATIONS = (
     m001_initial,
@@ -355,4 +371,5 @@ MIGRATIONS = (
     m004_web_users,
     m005_list_sources,
     m006_central_outbox,
+    m007_group_exemptions,
 )

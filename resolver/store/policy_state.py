@@ -165,6 +165,10 @@ class Store:
             "SELECT pattern, action, comment FROM rules ORDER BY id"
         ):
             (state.block if action == "block" else state.allow).append((pattern, comment))
+        for label, service in self.conn.execute(
+            "SELECT label, service FROM group_exemptions ORDER BY label, service"
+        ):
+            state.group_exempt.setdefault(label, set()).add(service)
         return state
 
     def lists(self) -> list[dict]:
@@ -267,6 +271,42 @@ class Store:
             return cur.rowcount > 0
 
         return self._edit(patterns, one, command=command, comment=comment, user=user)
+
+    def set_group_exempt(
+        self,
+        label: str,
+        services: list[str],
+        exempt: bool,
+        *,
+        command: str,
+        comment: str | None = None,
+        user: str | None = None,
+    ) -> list[str]:
+        """Let client group LABEL use SERVICES (exempt) or stop letting it (not exempt);
+        returns the services that were already so."""
+
+        def one(service: str) -> bool:
+            if exempt:
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO group_exemptions (label, service, created, user) "
+                    "VALUES (?, ?, ?, ?)",
+                    (label, service, utcnow_text(), user or os_user()),
+                )
+            else:
+                cur = self.conn.execute(
+                    "DELETE FROM group_exemptions WHERE label = ? AND service = ?",
+                    (label, service),
+                )
+            return cur.rowcount > 0
+
+        return self._edit(services, one, command=command, comment=comment, user=user)
+
+    def group_exemptions(self) -> list[dict]:
+        cur = self.conn.execute(
+            "SELECT label, service, created, user FROM group_exemptions ORDER BY label, service"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
 
     def rules(self) -> list[dict]:
         cur = self.conn.execute(
