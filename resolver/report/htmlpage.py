@@ -50,27 +50,54 @@ def _h(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def bar_chart_svg(css: str, title: str, bars: list[dict[str, Any]]) -> str:
+    """A bar chart as inline SVG, shared by the report's days and the dashboard's hours.
+
+    Each bar: `value` (its height), `data` (the rect's data-* attributes, in order),
+    `tip` (its tooltip), `value_label` (the text above it, or None for none) and
+    `labels` (one or two lines of text under it). Every text is escaped here.
+    """
+    width, height, top, bottom = 680, 190, 18, 34
+    slot = (width - 20) / max(len(bars), 1)
+    bar_w = slot * 0.62
+    peak = max([b["value"] for b in bars] + [1])
+    parts = [
+        f'<svg class="chart {css}" viewBox="0 0 {width} {height}" '
+        f'xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'aria-label="{_h(title)}">',
+        f'<line class="axis" x1="10" y1="{height - bottom}" x2="{width - 10}" '
+        f'y2="{height - bottom}"/>',
+    ]
+    for i, b in enumerate(bars):
+        h = (height - top - bottom) * b["value"] / peak
+        x = 10 + i * slot + (slot - bar_w) / 2
+        y = height - bottom - h
+        cx = x + bar_w / 2
+        data = "".join(f'data-{k}="{_h(v)}" ' for k, v in b["data"])
+        parts.append(
+            f'<rect class="bar" {data}x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
+            f'height="{h:.1f}"><title>{_h(b["tip"])}</title></rect>'
+        )
+        if b["value_label"] is not None:
+            parts.append(
+                f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
+                f"{_h(b['value_label'])}</text>"
+            )
+        for n, label in enumerate(b["labels"]):
+            parts.append(
+                f'<text x="{cx:.1f}" y="{height - bottom + 13 + 12 * n}" '
+                f'text-anchor="middle">{_h(label)}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def days_svg(days: list[dict[str, Any]], lang: str = DEFAULT_LANGUAGE) -> str:
     """Blocked queries per day as an inline SVG bar chart (the html report's and the
     dashboard's), its labels and tooltips in `lang`."""
     tr = Language(lang)
-    chart_title = tr._("Blocked queries per day")
-    width, height, top, bottom = 680, 190, 18, 34
-    slot = (width - 20) / max(len(days), 1)
-    bar_w = slot * 0.62
-    peak = max([d["blocked"] for d in days] + [1])
-    parts = [
-        f'<svg class="chart chart-days" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'aria-label="{_h(chart_title)}">',
-        f'<line class="axis" x1="10" y1="{height - bottom}" x2="{width - 10}" '
-        f'y2="{height - bottom}"/>',
-    ]
-    for i, d in enumerate(days):
-        h = (height - top - bottom) * d["blocked"] / peak
-        x = 10 + i * slot + (slot - bar_w) / 2
-        y = height - bottom - h
-        cx = x + bar_w / 2
+    bars = []
+    for d in days:
         day = date.fromisoformat(d["date"])
         tip = tr._(
             "%(date)s: %(blocked)s blocked, %(attempts)s attempts",
@@ -78,25 +105,21 @@ def days_svg(days: list[dict[str, Any]], lang: str = DEFAULT_LANGUAGE) -> str:
             blocked=tr.number(d["blocked"]),
             attempts=tr.number(d["attempts"]),
         )
-        parts.append(
-            f'<rect class="bar" data-date="{_h(d["date"])}" data-blocked="{d["blocked"]}" '
-            f'data-attempts="{d["attempts"]}" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
-            f'height="{h:.1f}"><title>{_h(tip)}</title></rect>'
-        )
-        parts.append(
-            f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
-            f"{_h(tr.number(d['blocked']))}</text>"
-        )
-        parts.append(
-            f'<text x="{cx:.1f}" y="{height - bottom + 13}" text-anchor="middle">'
-            f"{_h(tr.weekday(day, d['weekday']))}</text>"
-        )
         label = d["date"][5:] if tr.english else f"{day.day:02d}/{day.month:02d}"
-        parts.append(
-            f'<text x="{cx:.1f}" y="{height - bottom + 25}" text-anchor="middle">{_h(label)}</text>'
+        bars.append(
+            {
+                "value": d["blocked"],
+                "data": [
+                    ("date", d["date"]),
+                    ("blocked", d["blocked"]),
+                    ("attempts", d["attempts"]),
+                ],
+                "tip": tip,
+                "value_label": tr.number(d["blocked"]),
+                "labels": [tr.weekday(day, d["weekday"]), label],
+            }
         )
-    parts.append("</svg>")
-    return "".join(parts)
+    return bar_chart_svg("chart-days", tr._("Blocked queries per day"), bars)
 
 
 def services_svg(services: list[dict[str, Any]], lang: str = DEFAULT_LANGUAGE) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from resolver import report as rpt
 from resolver.i18n import Language
+from resolver.report.htmlpage import bar_chart_svg
 from resolver.web.i18n import translations
 
 
@@ -29,48 +29,30 @@ def hours_svg(hours: list[dict[str, Any]], tz: str, lang: str = "en") -> str:
     title and tooltips are in the page's language."""
     _ = translations(lang).gettext
     fmt = Language(lang)
-    chart_title = _("Blocked queries per hour")
-    width, height, top, bottom = 680, 190, 18, 34
     zi = ZoneInfo(tz)
-    slot = (width - 20) / max(len(hours), 1)
-    bar_w = slot * 0.62
-    peak = max([h["blocked"] for h in hours] + [1])
-    parts = [
-        f'<svg class="chart chart-hours" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'aria-label="{html.escape(chart_title)}">',
-        f'<line class="axis" x1="10" y1="{height - bottom}" x2="{width - 10}" '
-        f'y2="{height - bottom}"/>',
-    ]
-    for i, h in enumerate(hours):
-        bh = (height - top - bottom) * h["blocked"] / peak
-        x = 10 + i * slot + (slot - bar_w) / 2
-        y = height - bottom - bh
-        cx = x + bar_w / 2
+    bars = []
+    for h in hours:
         local = datetime.fromtimestamp(h["start"], zi)
-        label = local.strftime("%H")
-        if fmt.english:
-            stamp = local.isoformat(timespec="minutes")
-        else:
-            stamp = fmt.moment(local, dated=True)
+        stamp = (
+            local.isoformat(timespec="minutes") if fmt.english else fmt.moment(local, dated=True)
+        )
         tip = _("%(when)s: %(blocked)s blocked, %(attempts)s attempts") % {
             "when": stamp,
             "blocked": fmt.number(h["blocked"]),
             "attempts": fmt.number(h["attempts"]),
         }
-        parts.append(
-            f'<rect class="bar" data-start="{h["start"]}" data-end="{h["end"]}" '
-            f'data-blocked="{h["blocked"]}" data-attempts="{h["attempts"]}" x="{x:.1f}" '
-            f'y="{y:.1f}" width="{bar_w:.1f}" height="{bh:.1f}"><title>{html.escape(tip)}'
-            "</title></rect>"
+        bars.append(
+            {
+                "value": h["blocked"],
+                "data": [
+                    ("start", h["start"]),
+                    ("end", h["end"]),
+                    ("blocked", h["blocked"]),
+                    ("attempts", h["attempts"]),
+                ],
+                "tip": tip,
+                "value_label": fmt.number(h["blocked"]) if h["blocked"] else None,
+                "labels": [local.strftime("%H")],
+            }
         )
-        if h["blocked"]:
-            parts.append(
-                f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
-                f"{fmt.number(h['blocked'])}</text>"
-            )
-        parts.append(
-            f'<text x="{cx:.1f}" y="{height - bottom + 13}" text-anchor="middle">{label}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    return bar_chart_svg("chart-hours", _("Blocked queries per hour"), bars)
