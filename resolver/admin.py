@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from resolver.catalog import Catalog
     from resolver.config import Config
     from resolver.store import PolicyStore
+    from resolver.store.policy_state import ListChange
 
 
 def list_overview(store: PolicyStore, catalog: Catalog) -> tuple[list[dict[str, Any]], set[str]]:
@@ -63,6 +64,38 @@ def list_overview(store: PolicyStore, catalog: Catalog) -> tuple[list[dict[str, 
                 }
             )
     return out, new
+
+
+def store_fetched_list(
+    store: PolicyStore,
+    name: str,
+    result: Any,
+    fetched: Any,
+    *,
+    source: str,
+    services: Iterable[str],
+    command: str,
+    comment: str | None,
+    guard: bool = False,
+) -> ListChange:
+    """`lists import` and `lists update`: a parsed list (listformats.ParseResult) and
+    how it was fetched (its ETag and Last-Modified) stored as list `name`, in one
+    transaction with its audit row. `guard`: refuse a list that would drop more than
+    half of the names (Store.import_list), as an update must."""
+    return store.import_list(
+        name,
+        result.domains,
+        result.allow,
+        source=source,
+        fmt=result.format,
+        errors=len(result.errors),
+        command=command,
+        comment=comment,
+        etag=fetched.etag,
+        last_modified=fetched.last_modified,
+        services=services,
+        guard=guard,
+    )
 
 
 def resolve_list_names(store: PolicyStore, catalog: Catalog, names: Iterable[str]) -> list[str]:

@@ -290,21 +290,20 @@ def lists_import(config_path, db, source, list_name, fmt, services, comment) -> 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", list_name) or ":" in list_name:
         raise click.BadParameter("letters, digits, '.', '_' and '-' only", param_hint="--name")
     config = get_config(config_path, db)
+    from resolver.admin import store_fetched_list
+
     result, fetched = read_list(source, fmt, services)
     store, _catalog = open_store(config)
     with store:
-        store.import_list(
+        store_fetched_list(
+            store,
             list_name,
-            result.domains,
-            result.allow,
+            result,
+            fetched,
             source=source,
-            fmt=result.format,
-            errors=len(result.errors),
+            services=services,
             command=command_line(source, "--name", list_name),
             comment=comment,
-            etag=fetched.etag,
-            last_modified=fetched.last_modified,
-            services=services,
         )
     click.echo(
         f"imported {len(result.domains)} names ({len(result.allow)} allowed) into {list_name} "
@@ -359,6 +358,8 @@ def lists_update(config_path, db, names, comment) -> None:
 
 def _update_one(store, row: dict, comment: str | None) -> bool:
     """Fetch one URL list again and replace it if it changed; False when it failed."""
+    from resolver.admin import store_fetched_list
+
     name, source = row["name"], row["source"]
     services = tuple(json.loads(row["services"])) if row["services"] else ()
     try:
@@ -373,18 +374,15 @@ def _update_one(store, row: dict, comment: str | None) -> bool:
             store.list_checked(name)
             click.echo(f"{name}: not modified since the last fetch ({source})")
             return True
-        change = store.import_list(
+        change = store_fetched_list(
+            store,
             name,
-            result.domains,
-            result.allow,
+            result,
+            fetched,
             source=source,
-            fmt=result.format,
-            errors=len(result.errors),
+            services=services,
             command=command_line(name),
             comment=comment,
-            etag=fetched.etag,
-            last_modified=fetched.last_modified,
-            services=services,
             guard=True,
         )
     except SinkholeError as exc:
