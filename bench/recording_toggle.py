@@ -4,11 +4,11 @@
 (bench/no_recording.py), in runs taken one after the other; on this VM their
 speed drifts by up to 20% over minutes, so a few percent of cost hide in the
 noise. Here one sinkhole, pinned to its core and driven at its maximum rate by
-dnsperf on the blocked scenario, switches `Recorder.hit` between the real one
-and a no-op every PERIOD seconds and counts the blocked queries of each period.
+dnsperf on the blocked scenario, switches the body of `HitBatcher.hit` (a server's
+`Recorder.hit`) on and off every PERIOD seconds and counts the blocked queries of each period.
 Adjacent periods compare under the same drift; the cost is the median of their
 ratios. Both states make the same two calls per query, so only the body of
-`Recorder.hit` differs; the writer thread runs throughout and its cost (now
+`HitBatcher.hit` differs (the one call the Blocker makes to it is not counted); the writer thread runs throughout and its cost (now
 ~0.5% of the core) is shared by both states, so it is mostly not counted here.
 
     python bench/recording_toggle.py [--seconds 40] [--period 1]
@@ -40,41 +40,39 @@ SETTLE_PERIODS = 2  # periods dropped at the start (warm-up) and one at the end
 
 
 def serve() -> None:
-    """`sinkhole serve`, with Recorder.hit on and off in turns; runs in the server."""
+    """`sinkhole serve`, with hit recording on and off in turns; runs in the server."""
     sys.path.insert(0, str(run.REPO_ROOT))
     from resolver.cli import main
     from resolver.store import recorder
 
-    real = recorder.Recorder.hit
+    real = recorder.HitBatcher.hit
     calls = [0]
+    recording = [False]
 
-    def nothing(self: recorder.Recorder, client: str, verdict: object) -> None:
+    def nothing(self: recorder.HitBatcher, client: str, verdict: object) -> None:
         return None
 
-    def on(self: recorder.Recorder, client: str, verdict) -> None:  # noqa: ANN001
+    # Installed before the server starts (its Recorder binds `hit` once). Both states
+    # make the same two calls, so only the body of the real `hit` differs.
+    def toggled(self: recorder.HitBatcher, client: str, verdict) -> None:  # noqa: ANN001
         calls[0] += 1
-        real(self, client, verdict)
-
-    def off(self: recorder.Recorder, client: str, verdict) -> None:  # noqa: ANN001
-        calls[0] += 1
-        nothing(self, client, verdict)
+        (real if recording[0] else nothing)(self, client, verdict)
 
     period = float(os.environ[PERIOD_ENV])
     out = Path(os.environ[RATES_ENV])
 
     def switch() -> None:
-        recording, last, since = False, 0, time.monotonic()
+        last, since = 0, time.monotonic()
         with out.open("w") as f:
             while True:
                 time.sleep(period)
                 now, count = time.monotonic(), calls[0]
-                f.write(f"{int(recording)} {(count - last) / (now - since):.0f}\n")
+                f.write(f"{int(recording[0])} {(count - last) / (now - since):.0f}\n")
                 f.flush()
                 last, since = count, now
-                recording = not recording
-                recorder.Recorder.hit = on if recording else off  # type: ignore[method-assign]
+                recording[0] = not recording[0]
 
-    recorder.Recorder.hit = off  # type: ignore[method-assign]
+    recorder.HitBatcher.hit = toggled  # type: ignore[method-assign]
     threading.Thread(target=switch, name="toggle", daemon=True).start()
     sys.argv = [sys.argv[0], *sys.argv[2:]]  # drop --serve: the rest is `serve --config`
     main()

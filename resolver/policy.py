@@ -193,6 +193,7 @@ class Verdict:
         "action",
         "record",
         "limited",
+        "counted_as",
     )
 
     def __init__(
@@ -219,6 +220,8 @@ class Verdict:
         )
         #: The same question refused by the rate limiter, recorded with its own action.
         self.limited: Verdict | None = None
+        #: The key of the server's blocked-queries counter: the service, or the category.
+        self.counted_as: str = rule.service or rule.category
 
 
 NOT_BLOCKED = object()
