@@ -8,8 +8,8 @@ dnsperf on the blocked scenario, switches the body of `HitBatcher.hit` (a server
 `Recorder.hit`) on and off every PERIOD seconds and counts the blocked queries of each period.
 Adjacent periods compare under the same drift; the cost is the median of their
 ratios. Both states make the same two calls per query, so only the body of
-`HitBatcher.hit` differs (the one call the Blocker makes to it is not counted); the writer thread runs throughout and its cost (now
-~0.5% of the core) is shared by both states, so it is mostly not counted here.
+`HitBatcher.hit` differs (the one call the Blocker makes to it is not counted);
+the writer thread runs throughout, with nothing to write in the periods off.
 
     python bench/recording_toggle.py [--seconds 40] [--period 1]
 

@@ -439,7 +439,6 @@ class Recorder:
         #: queries, blocked, forwarded, cached, failed, refused: running totals from the server.
         self.traffic: Callable[[], list[int]] | None = None
 
-
     def handoff(self) -> None:
         """Give this interval's hits to the writer; call from the thread that calls hit()."""
         self.batch.handoff()
