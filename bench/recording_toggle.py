@@ -13,8 +13,9 @@ the writer thread runs throughout, with nothing to write in the periods off.
 
     python bench/recording_toggle.py [--seconds 40] [--period 1]
 
-A diagnostic, not a benchmark target: bench/RESULTS.md's verdict comes from
-`make bench`. Run with `--serve` it is the launcher that the server runs.
+`make bench` runs the same measurement as its `recording` scenario (bench/run.py),
+which gives bench/RESULTS.md its verdict on the cost; this script is the quick way
+to take it alone. Run with `--serve` it is the launcher that the server runs.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402
 from run import BenchError, log  # noqa: E402
 
-RATES_ENV = "SINKHOLE_TOGGLE_RATES"  # where the server writes "state rate" per period
-PERIOD_ENV = "SINKHOLE_TOGGLE_PERIOD"
-SETTLE_PERIODS = 2  # periods dropped at the start (warm-up) and one at the end
+RATES_ENV = run.TOGGLE_RATES_ENV  # where the server writes "state rate" per period
+PERIOD_ENV = run.TOGGLE_PERIOD_ENV
 
 
 def serve() -> None:
@@ -78,25 +78,6 @@ def serve() -> None:
     main()
 
 
-def busy_periods(rates: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The settled periods under load: dnsperf running (the server's checks before it
-    ask a few names), the first SETTLE_PERIODS and the last left out."""
-    peak = max((rate for _, rate in rates), default=0.0)
-    return [r for r in rates if r[1] > peak / 2][SETTLE_PERIODS:-1]
-
-
-def cost(busy: list[tuple[int, float]]) -> tuple[float, int]:
-    """1 - median(on/off) over adjacent busy periods, and the number of pairs."""
-    ratios = [
-        (b[1] / a[1]) if b[0] else (a[1] / b[1])
-        for a, b in zip(busy, busy[1:], strict=False)
-        if a[0] != b[0]
-    ]
-    if not ratios:
-        raise BenchError("no pair of periods under load: is dnsperf reaching the server?")
-    return 1 - statistics.median(ratios), len(ratios)
-
-
 def measure(seconds: float, period: float) -> None:
     with tempfile.TemporaryDirectory(prefix="sinkhole-toggle-") as tmp:
         workdir = Path(tmp)
@@ -114,12 +95,10 @@ def measure(seconds: float, period: float) -> None:
         setup.nsd_port, nsd = run.start_nsd(workdir, setup.load_cpu)
         with nsd, run.server_under_test(setup, variant) as (port, _pid):
             perf = run.dnsperf(port, setup.files["blocked"], seconds=seconds)
-        rates = [
-            (int(state), float(rate))
-            for state, rate in (line.split() for line in rates_file.read_text().splitlines())
-        ]
-    busy = busy_periods(rates)
-    share, pairs = cost(busy)
+        rates = run.read_toggle_rates(rates_file)
+    busy = run.busy_periods(rates)
+    ratios = run.toggle_ratios(rates)
+    share, pairs = 1 - statistics.median(ratios), len(ratios)
     on = [r for s, r in busy if s]
     off = [r for s, r in busy if not s]
     log(
