@@ -49,7 +49,7 @@ def written(batch: HitBatcher, pseudo=as_ip) -> list[tuple]:
 
 def step(batch: HitBatcher, *, everything: bool = False) -> None:
     """What one flush of the writer thread does before it writes."""
-    batch.handoff()
+    batch.handoff(everything=everything)
     batch.drain()
     batch.release(everything=everything)
 
@@ -117,16 +117,23 @@ def test_tallies_count_each_client_and_second_of_a_shared_verdict():
             batch.hit(client, v)
     clock.now += 1
     batch.hit("10.1.9.7", v)
-    # Counted before any handoff: in the tally and `pending`, nowhere else.
-    assert batch.backlog == 7 and not batch.queue
+    # Counted before any handoff: in the tally and `pending`, nowhere else. The lookup
+    # of the second after is one of the window's later lookups: held, not waiting.
+    assert batch.backlog == 6 and batch.held_hits == 1 and not batch.queue
     batch.handoff()
-    assert batch.tallies == {} and batch.pending == {} and batch.received == 7
+    assert batch.pending == {} and batch.received == 6
     [handed] = batch.queue
-    assert handed == {
-        (START + 7, "10.1.9.7", v): 5,
-        (START + 7, "10.1.9.8", v): 1,
-        (START + 8, "10.1.9.7", v): 1,
-    }
+    assert handed == {(START + 7, "10.1.9.7", v): 5, (START + 7, "10.1.9.8", v): 1}
+    # The tally counts on to the end of the window and is handed over then, at the
+    # second of its last lookup.
+    clock.now = START + 40
+    batch.hit("10.1.9.7", v)
+    batch.handoff()
+    assert len(batch.queue) == 1 and batch.held_hits == 2
+    clock.now = START + 60
+    batch.handoff()
+    assert batch.tallies == {} and batch.held_hits == 0 and batch.received == 8
+    assert batch.queue[-1] == {(START + 40, "10.1.9.7", v): 2}
 
 
 def test_traffic_is_a_row_per_minute_with_what_the_counters_grew_by():

@@ -337,7 +337,8 @@ def test_tallies_count_every_client_and_second_of_a_shared_verdict(db):
             rec.hit(client, v)
     clock.now += 1
     a.hit("10.1.9.7", v)
-    assert (a.backlog, b.backlog) == (7, 1)
+    # The lookup of the second after is one of its window's later lookups: held.
+    assert (a.backlog, b.backlog) == (6, 1) and a.batch.held_hits == 1
     assert a.flush() and b.flush()
     assert rows(
         db, "SELECT ts - ?, client, SUM(count) FROM hits GROUP BY 1, 2", (clock.now - 1,)

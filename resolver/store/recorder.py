@@ -67,10 +67,13 @@ class HitBatcher:
 
     The query path counts a hit in `tallies`, keyed by the policy's Verdict of the
     question (one per distinct question, hashed by identity), while the same client
-    asks it in the same second, and then in `pending`, keyed by (second, client,
-    verdict). `handoff()` (every HANDOFF_INTERVAL, on the thread that calls hit())
-    moves both to `queue`; the writer thread takes them from there. Under a flood of
-    identical lookups the writer sees one entry per second, not one per query.
+    asks it: first in its first second, then in the rest of its fold window. What a
+    tally counted goes to `pending`, keyed by (second, client, verdict), when another
+    client asks or its time is over; `handoff()` (every HANDOFF_INTERVAL, on the
+    thread that calls hit()) hands the first seconds over at once and the rest when
+    the window is over, moving `pending` to `queue`; the writer thread takes them from
+    there. Under a flood of identical lookups the writer sees two entries per client,
+    question and window, not one per query or per second.
 
     A client's lookups of one name and type within a minute (FOLD_SECONDS, aligned to
     the clock) make at most two rows: the first lookup's second, written at the next
@@ -90,8 +93,9 @@ class HitBatcher:
     def __init__(self, clock: Clock = time.time, buffer_rows: int = HIT_BUFFER_ROWS) -> None:
         self.clock = clock
         self.buffer_rows = buffer_rows
-        #: verdict: [second, client, count, second + 1], mutated only by the thread that
-        #: calls hit().
+        #: verdict: [from, client, count, to, last lookup, window end]: `count` lookups of
+        #: `client` in [from, to), the first second of a window or the rest of it; mutated
+        #: only by the thread that calls hit().
         self.tallies: dict[Verdict, list] = {}
         #: Hits of the current interval, mutated only by the thread that calls hit().
         self.pending: dict[tuple, int] = {}
@@ -106,7 +110,7 @@ class HitBatcher:
         #: Window start: {(client, verdict): [first second, last second, later lookups]}.
         self.held: dict[int, dict[tuple, list[int]]] = {}
         #: Lookups in `held` (not the first second's, which went to `buffer`).
-        self.held_hits = 0
+        self.folded_hits = 0
         #: Sum of the buffer's counts, kept so other threads never iterate the dict.
         self.buffered = 0
         #: Hits written so far.
@@ -122,28 +126,59 @@ class HitBatcher:
         """Count a blocked lookup; `verdict` says what to record (its `record`)."""
         now = self.clock()
         t = self.tallies.get(verdict)
-        # The tally's second is [t[0], t[3]): two float comparisons are cheaper than
+        # [t[0], t[3]) is what the tally counts: two float comparisons cost less than
         # int() of the clock on every query.
         if t is not None and t[0] <= now < t[3] and t[1] == client:
             t[2] += 1
+            t[4] = now
             return
-        second = int(now)
-        if t is None:
-            self.tallies[verdict] = [second, client, 1, second + 1]
-            return
-        # Another second or client: what the tally counted goes to `pending`.
-        key = (t[0], t[1], verdict)
-        pending = self.pending
-        pending[key] = pending.get(key, 0) + t[2]
-        t[0], t[1], t[2], t[3] = second, client, 1, second + 1
+        self._roll(client, verdict, now, t)
 
-    def handoff(self) -> None:
-        """Give this interval's hits to the writer; call from the thread that calls hit()."""
-        tallies, self.tallies = self.tallies, {}
+    def _roll(self, client: str, verdict: Verdict, now: float, t: list | None) -> None:
+        """A lookup its verdict's tally cannot count: another client, or past its end.
+
+        What the tally counted goes to `pending`. The same client asking on in a later
+        second of the window goes on in the same tally, to the window's end.
+        """
+        second = int(now)
+        if t is not None:
+            self._emit(verdict, t)
+            if t[1] == client and t[0] <= now < t[5]:
+                t[2], t[3], t[4] = 1, t[5], now
+                return
+        start = second - second % FOLD_SECONDS
+        self.tallies[verdict] = [second, client, 1, second + 1, now, start + FOLD_SECONDS]
+
+    def _emit(self, verdict: Verdict, t: list) -> None:
+        """Move a tally's count to `pending`, at the second of its last lookup."""
+        if t[2]:
+            key = (int(t[4]), t[1], verdict)
+            pending = self.pending
+            pending[key] = pending.get(key, 0) + t[2]
+            t[2] = 0
+
+    def handoff(self, everything: bool = False) -> None:
+        """Give this interval's hits to the writer; call from the thread that calls hit().
+
+        A tally still in its first second is handed over now, and counts on to the end
+        of its window from zero: the window's first lookup is written at the next flush,
+        the later ones once the window is over (`everything`: all of them now, at exit).
+        """
+        now = self.clock()
+        tallies = self.tallies
+        # Tallies that count on are bounded as the writer's `held` rows are: past
+        # `buffer_rows` of them, a first second's tally ends and the writer folds.
+        room = self.buffer_rows - sum(1 for t in tallies.values() if t[3] == t[5])
+        for verdict, t in list(tallies.items()):  # in the order they started
+            first = t[3] < t[5]
+            if first or everything or not t[0] <= now < t[3]:
+                self._emit(verdict, t)
+            if everything or not t[0] <= now < t[5] or (first and room <= 0):
+                del tallies[verdict]
+            elif first:
+                t[3] = t[5]
+                room -= 1
         pending = self.pending
-        for verdict, (second, client, n, _) in tallies.items():  # in the order they started
-            key = (second, client, verdict)
-            pending[key] = pending.get(key, 0) + n
         if pending:
             self.received += sum(pending.values())
             self.queue.append(pending)
@@ -152,9 +187,16 @@ class HitBatcher:
     @property
     def backlog(self) -> int:
         """Hits received and not yet written, but those held until their minute ends."""
-        tallied = sum(t[2] for t in list(self.tallies.values()))
+        first = sum(t[2] for t in list(self.tallies.values()) if t[3] < t[5])
         pending = sum(list(self.pending.values()))
-        return self.received + pending + tallied - self.written - self.held_hits
+        return self.received + pending + first - self.written - self.folded_hits
+
+    @property
+    def held_hits(self) -> int:
+        """Lookups after the first second of their window, held until it is over: in the
+        writer's `held` rows, or still in a tally."""
+        later = sum(t[2] for t in list(self.tallies.values()) if t[3] == t[5])
+        return self.folded_hits + later
 
     @property
     def unwritten(self) -> bool:
@@ -194,7 +236,7 @@ class HitBatcher:
                 folded += n
                 continue
             rows[key] = n
-        self.held_hits += folded
+        self.folded_hits += folded
         self._buffer(rows)
 
     def release(self, everything: bool = False) -> None:
@@ -206,7 +248,7 @@ class HitBatcher:
                 if n:
                     rows[(last, client, verdict)] = n
         if rows:
-            self.held_hits -= sum(rows.values())
+            self.folded_hits -= sum(rows.values())
             self._buffer(rows)
 
     def _buffer(self, rows: dict[tuple, int]) -> None:
@@ -439,9 +481,9 @@ class Recorder:
         #: queries, blocked, forwarded, cached, failed, refused: running totals from the server.
         self.traffic: Callable[[], list[int]] | None = None
 
-    def handoff(self) -> None:
+    def handoff(self, everything: bool = False) -> None:
         """Give this interval's hits to the writer; call from the thread that calls hit()."""
-        self.batch.handoff()
+        self.batch.handoff(everything)
 
     @property
     def backlog(self) -> int:
@@ -467,7 +509,7 @@ class Recorder:
         if self._handoff_timer is not None:
             self._handoff_timer.cancel()
             self._handoff_timer = None
-        self.batch.handoff()
+        self.batch.handoff(everything=True)
         self._owner_hands_off = False
 
     def start(self) -> None:
@@ -514,7 +556,8 @@ class Recorder:
         batch = self.batch
         batch.count_traffic(list(self.traffic()) if self.traffic is not None else self.counters)
         if not self._owner_hands_off:
-            batch.handoff()  # no event loop: hit() and flush() share this thread
+            # No event loop: hit() and flush() share this thread.
+            batch.handoff(everything=not hold)
         batch.drain()
         batch.release(everything=not hold)
         now = self.clock()
