@@ -335,7 +335,7 @@ class Policy:
         memo = self._verdicts.get(exempt)
         if memo is None:
             memo = self._verdicts[exempt] = {}
-        tail = q.wire[2:]
+        tail = q.tail  # the bytes after the ID, hashed once by the parse memo
         known = memo.get(tail)
         if known is None:
             match = self.matcher.lookup(q.name, exempt)

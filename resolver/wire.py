@@ -93,7 +93,8 @@ _FLAG_KEYS = {f: bytes([((f & RD) >> 8) | ((f & CD) >> 3)]) for f in (0, RD, CD,
 
 
 class Query:
-    """A parsed query: header fields, the question as asked, and its EDNS state."""
+    """A parsed query: header fields, the question as asked, and its EDNS state; `tail` is
+    its bytes after the ID, the key of the parse memo and of the policy's verdict memo."""
 
     __slots__ = (
         "wire",
@@ -110,6 +111,7 @@ class Query:
         "edns_version",
         "opt",
         "key",
+        "tail",
     )
 
     def __init__(self) -> None:
@@ -145,10 +147,12 @@ def parse_query(wire: bytes) -> Query:
             QDCOUNT != 1 or a malformed question or OPT (FORMERR), EDNS
             version > 0 (BADVERS).
     """
-    fields = _PARSED.get(wire[2:])
+    tail = wire[2:]
+    fields = _PARSED.get(tail)
     if fields is not None:
         q = _new_query(Query)
         q.wire = wire
+        q.tail = tail
         q.id = wire[0] << 8 | wire[1]
         (
             q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
@@ -156,9 +160,10 @@ def parse_query(wire: bytes) -> Query:
         ) = fields  # fmt: skip
         return q
     q = _parse_query(wire)
+    q.tail = tail
     if len(_PARSED) >= PARSE_MEMO_SIZE:
         _PARSED.clear()
-    _PARSED[wire[2:]] = (
+    _PARSED[tail] = (
         q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
         q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
     )  # fmt: skip
