@@ -64,6 +64,14 @@ class Outcome(IntEnum):
     LOCAL = 10  #: answered locally (CHAOS version string)
 
 
+# The members as module globals for the query path: `Outcome.BLOCKED` goes through the
+# enum type's attribute lookup (~80 ns here), a global costs a dict lookup.
+(
+    O_BLOCKED, O_FORWARDED, O_CACHED, O_STALE, O_REFUSED, O_RATE_LIMITED, O_FAILED,
+    O_FORMERR, O_NOTIMP, O_DROPPED, O_LOCAL,
+) = Outcome  # fmt: skip
+
+
 class Sink(Protocol):
     """Where a request's later answer goes: the UDP listener, or a TCP connection.
 
@@ -118,7 +126,7 @@ class AccessGuard:
         # The memo first: an allowed client, the common case, costs no further call.
         if self.memo.get(req.client) or self.allowed(req.client):
             return None
-        req.outcome = Outcome.REFUSED
+        req.outcome = O_REFUSED
         return wire.error_response(req.query.wire, Rcode.REFUSED)
 
 
@@ -178,7 +186,7 @@ class RateLimiter:
         if tokens.take(client):
             return None
         self._log(client)
-        req.outcome = Outcome.RATE_LIMITED
+        req.outcome = O_RATE_LIMITED
         if self.on_refused is not None:
             self.on_refused(req)
         return wire.error_response(req.query.wire, Rcode.REFUSED)
@@ -213,9 +221,9 @@ class ChaosGuard:
         if q.qclass != wire.CLASS_CH:
             return None
         if self.version and q.name in ("version.bind", "version.server") and q.qtype in (16, 255):
-            req.outcome = Outcome.LOCAL
+            req.outcome = O_LOCAL
             return wire.chaos_txt(q, self.version)
-        req.outcome = Outcome.REFUSED
+        req.outcome = O_REFUSED
         return wire.error_response(q.wire, Rcode.REFUSED)
 
 
@@ -242,7 +250,7 @@ class Blocker:
         return self.block(req, v)
 
     def block(self, req: Request, v: Verdict) -> bytes:
-        req.outcome = Outcome.BLOCKED
+        req.outcome = O_BLOCKED
         blocked_by, key = self.blocked_by, v.counted_as
         blocked_by[key] = blocked_by.get(key, 0) + 1
         if self.hit is not None:
@@ -313,7 +321,7 @@ class CacheStep:
         if now >= entry.prefetch_from and cache.wants_prefetch(entry, now):
             entry.prefetching = True
             self.prefetch(req.query)
-        req.outcome = Outcome.CACHED
+        req.outcome = O_CACHED
         return wire.personalise(entry.render(int(now - entry.stored)), req.query)
 
 
@@ -428,7 +436,7 @@ class Forward:
             stale = self.cache.get_stale(q, self.clock())
             if stale is None:
                 return fail(req)
-            req.outcome = Outcome.STALE
+            req.outcome = O_STALE
             out = wire.personalise(stale.render(0, STALE_ANSWER_TTL), q)
             return wire.with_ede(out, stale.opt_at, wire.EDE_STALE)
         data, answer = result
@@ -436,7 +444,7 @@ class Forward:
             out = self.cnames(req, answer.cnames)
             if out is not None:
                 return out
-        req.outcome = Outcome.FORWARDED
+        req.outcome = O_FORWARDED
         return wire.personalise(data, q)
 
     def abandon(self) -> None:
@@ -449,7 +457,7 @@ class Forward:
 
 def fail(req: Request) -> bytes:
     """SERVFAIL: no usable answer for a well-formed query."""
-    req.outcome = Outcome.FAILED
+    req.outcome = O_FAILED
     return wire.error_response(req.query.wire, Rcode.SERVFAIL)  # type: ignore[return-value]
 
 
@@ -530,7 +538,7 @@ class Resolver:
             return self._refuse_malformed(data, exc, client)
         except Exception:  # noqa: BLE001 - no packet may stop the server
             log.exception("unexpected error parsing a query")
-            self.counts[Outcome.FORMERR] += 1
+            self.counts[O_FORMERR] += 1
             return wire.error_response(data, Rcode.FORMERR)
         req = Request(q, client, tcp, sink, addr)
         for step in self.steps:
@@ -551,9 +559,9 @@ class Resolver:
         """FORMERR or NOTIMP within the client's error budget; past it, nothing: a flood
         of garbage costs a dict lookup per packet instead of a send."""
         if exc.rcode is None or not self.errors.take(client):
-            self.counts[Outcome.DROPPED] += 1
+            self.counts[O_DROPPED] += 1
             return None
-        self.counts[Outcome.NOTIMP if exc.rcode == Rcode.NOTIMP else Outcome.FORMERR] += 1
+        self.counts[O_NOTIMP if exc.rcode == Rcode.NOTIMP else O_FORMERR] += 1
         return wire.error_response(data, exc.rcode)
 
     def abandon(self) -> None:
@@ -576,10 +584,10 @@ class Resolver:
         """queries, blocked, forwarded, cached, failed, refused (for the traffic table)."""
         c = self.counts
         return [
-            sum(c) - c[Outcome.DROPPED],
-            c[Outcome.BLOCKED],
-            c[Outcome.FORWARDED],
-            c[Outcome.CACHED] + c[Outcome.STALE],
-            c[Outcome.FAILED],
-            c[Outcome.REFUSED] + c[Outcome.RATE_LIMITED],
+            sum(c) - c[O_DROPPED],
+            c[O_BLOCKED],
+            c[O_FORWARDED],
+            c[O_CACHED] + c[O_STALE],
+            c[O_FAILED],
+            c[O_REFUSED] + c[O_RATE_LIMITED],
         ]
