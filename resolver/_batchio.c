@@ -289,6 +289,7 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    PyObject *last_host = NULL;  /* borrowed: the host str of the last IPv4 address parsed */
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyList_GET_ITEM(items, start + i);
         socklen_t namelen;
@@ -296,8 +297,27 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
             PyErr_SetString(PyExc_TypeError, "items must be (bytes, address) tuples");
             goto done;
         }
-        if (parse_addr(family, PyTuple_GET_ITEM(item, 1), &names[i], &namelen) < 0)
+        PyObject *addr = PyTuple_GET_ITEM(item, 1);
+        /* The answers of one wake-up mostly go to one host, whose str recvmmsg shares
+           between its datagrams: the same object, the same address; only the port is read. */
+        if (family == AF_INET && i > 0 && last_host != NULL && PyTuple_Check(addr) &&
+            PyTuple_GET_SIZE(addr) == 2 && PyTuple_GET_ITEM(addr, 0) == last_host &&
+            PyLong_CheckExact(PyTuple_GET_ITEM(addr, 1))) {
+            long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+            if (port >= 0 && port <= 65535) {
+                memcpy(&names[i], &names[i - 1], sizeof(struct sockaddr_in));
+                ((struct sockaddr_in *)&names[i])->sin_port = htons((unsigned short)port);
+                namelen = sizeof(struct sockaddr_in);
+                goto parsed;
+            }
+            PyErr_Clear();
+        }
+        if (parse_addr(family, addr, &names[i], &namelen) < 0)
             goto done;
+        last_host = (family == AF_INET && PyTuple_Check(addr) && PyTuple_GET_SIZE(addr) >= 1)
+                        ? PyTuple_GET_ITEM(addr, 0)
+                        : NULL;
+    parsed:
         /* The buffer is held until the call returns: the list may change while the GIL is free. */
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[i], PyBUF_SIMPLE) < 0)
             goto done;

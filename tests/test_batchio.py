@@ -240,6 +240,29 @@ def test_a_list_goes_out_in_order_to_each_address(impl, family):
             s.close()
 
 
+def test_one_host_object_with_many_ports_reaches_each_port(impl):
+    # recvmmsg hands out one str per host for a wake-up's datagrams, and sendmmsg reads
+    # only the port of an address whose host is the object the one before had.
+    receivers = [udp() for _ in range(3)]
+    sender = udp()
+    host = "127.0.0.1"
+    try:
+        ports = [r.getsockname()[1] for r in receivers]
+        items = [(b"p%02d" % i, (host, ports[i % 3])) for i in range(30)]
+        assert impl.send(sender, items, 0) == 30
+        for k, r in enumerate(receivers):
+            assert [d for d, _ in recv_all(PyImpl(), r, 10)] == [d for d, _ in items[k::3]]
+        # A bad port after a good one of the same host fails as sendto fails, alone.
+        bad = [(b"a", (host, ports[0])), (b"b", (host, 70000)), (b"c", (host, ports[1]))]
+        with pytest.raises(OverflowError):
+            impl.send(sender, bad, 1)
+        assert impl.send(sender, bad, 2) == 1
+        assert [d for d, _ in recv_all(PyImpl(), receivers[1], 1)] == [b"c"]
+    finally:
+        for s in (*receivers, sender):
+            s.close()
+
+
 def test_an_unreachable_address_fails_alone(impl):
     good, sender = udp(), udp()
     try:
