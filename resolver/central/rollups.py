@@ -98,6 +98,9 @@ def add_batch(cur, site: str) -> None:
             SELECT {HIT_KEYS}, qname, local_id, ts, count FROM ins_hits WITH NO DATA"""
     )
     cur.execute(f"INSERT INTO ins_keys SELECT {HIT_KEYS}, qname, local_id, ts, count FROM ins_hits")
+    # Temp tables have no statistics but these: without them the planner may scan the
+    # rollups whole instead of looking the batch's keys up by their primary keys.
+    cur.execute("ANALYZE ins_keys")
     p = {"site": site, "all": ALL}
     cur.execute(
         """INSERT INTO hits_hour (site, hour, svc, grp, cat, blocked)
@@ -135,14 +138,7 @@ def add_batch(cur, site: str) -> None:
                   MAX(ts) OVER (PARTITION BY bucket, ident, svc), grp, cat
            FROM ins_keys ORDER BY bucket, ident, svc, ts, local_id"""
     )
-    for scope in (site, ALL):
-        _add_buckets(cur, scope, site)
-
-
-def _add_buckets(cur, scope: str, site: str) -> None:
-    """Upsert the batch's buckets into SCOPE's `hits_bucket`, judge again the rows whose
-    start may change (the batch's and those of the bucket after), and move the attempts
-    of the hour rollups by the difference."""
+    # The rows whose start may change: the batch's, and those of the bucket after.
     cur.execute(
         """CREATE TEMP TABLE IF NOT EXISTS touched (bucket bigint, ident text, svc text)
            ON COMMIT DELETE ROWS"""
@@ -151,16 +147,20 @@ def _add_buckets(cur, scope: str, site: str) -> None:
         """CREATE TEMP TABLE IF NOT EXISTS moved (hour bigint, ident text, svc text,
              grp text, cat text, n integer) ON COMMIT DELETE ROWS"""
     )
-    cur.execute("TRUNCATE touched, moved")
     cur.execute(
         f"""INSERT INTO touched SELECT bucket, ident, svc FROM batch_buckets
             UNION SELECT bucket + {GAP}, ident, svc FROM batch_buckets"""
     )
-    starts = f"""INSERT INTO moved SELECT a.bucket / {H} * {H}, a.ident, a.svc, a.grp,
-                    a.cat, %(n)s FROM hits_bucket a JOIN touched t
-                    ON a.bucket = t.bucket AND a.ident = t.ident AND a.svc = t.svc
-                 WHERE a.site = %(scope)s AND a.start"""
-    cur.execute(starts, {"n": -1, "scope": scope})
+    cur.execute("ANALYZE touched")
+    for scope in (site, ALL):
+        _add_buckets(cur, scope, site)
+
+
+def _add_buckets(cur, scope: str, site: str) -> None:
+    """Upsert the batch's buckets into SCOPE's `hits_bucket`, judge again the rows of
+    temp table `touched`, and move the attempts of the hour rollups by the difference."""
+    cur.execute("TRUNCATE moved")
+    key = "a.bucket = t.bucket AND a.ident = t.ident AND a.svc = t.svc"
     earlier = (
         "(excluded.first_ts, excluded.first_site, excluded.first_id) < "
         "(hits_bucket.first_ts, hits_bucket.first_site, hits_bucket.first_id)"
@@ -169,22 +169,38 @@ def _add_buckets(cur, scope: str, site: str) -> None:
         f"{c} = CASE WHEN {earlier} THEN excluded.{c} ELSE hits_bucket.{c} END"
         for c in ("grp", "cat", "first_site", "first_id", "first_ts")
     )
+    # One statement: its query sees the rows as they were before its upsert, so the
+    # attempts they started are taken out where they were counted.
     cur.execute(
-        f"""INSERT INTO hits_bucket (site, bucket, ident, svc, first_ts, first_site, first_id,
-                                     last_ts, grp, cat)
-            SELECT %(scope)s, bucket, ident, svc, first_ts, %(site)s, first_id, last_ts,
-                   grp, cat FROM batch_buckets
-            ON CONFLICT (site, bucket, ident, svc) DO UPDATE SET
-                last_ts = GREATEST(hits_bucket.last_ts, excluded.last_ts), {taken}""",
+        f"""WITH upsert AS (
+              INSERT INTO hits_bucket (site, bucket, ident, svc, first_ts, first_site,
+                                       first_id, last_ts, grp, cat)
+              SELECT %(scope)s, bucket, ident, svc, first_ts, %(site)s, first_id, last_ts,
+                     grp, cat FROM batch_buckets
+              ON CONFLICT (site, bucket, ident, svc) DO UPDATE SET
+                  last_ts = GREATEST(hits_bucket.last_ts, excluded.last_ts), {taken})
+            INSERT INTO moved SELECT a.bucket / {H} * {H}, a.ident, a.svc, a.grp, a.cat, -1
+            FROM touched t JOIN hits_bucket a ON a.site = %(scope)s AND {key}
+            WHERE a.start""",
         {"scope": scope, "site": site},
     )
+    # The rule again for those rows, against the bucket before as it is now; the
+    # attempts they start now are added.
     cur.execute(
-        f"""UPDATE hits_bucket a SET start = NOT a.start FROM touched t
-            WHERE a.site = %(scope)s AND a.bucket = t.bucket AND a.ident = t.ident
-              AND a.svc = t.svc AND a.start = {FOLLOWS}""",
+        f"""WITH judged AS (
+              SELECT a.bucket, a.ident, a.svc, a.grp, a.cat, a.start,
+                     NOT COALESCE(p.last_ts >= a.first_ts - {GAP}, false) AS starts
+              FROM touched t JOIN hits_bucket a ON a.site = %(scope)s AND {key}
+              LEFT JOIN hits_bucket p ON p.site = %(scope)s AND p.bucket = a.bucket - {GAP}
+                   AND p.ident = a.ident AND p.svc = a.svc),
+            flipped AS (
+              UPDATE hits_bucket h SET start = j.starts FROM judged j
+              WHERE h.site = %(scope)s AND h.bucket = j.bucket AND h.ident = j.ident
+                AND h.svc = j.svc AND h.start <> j.starts)
+            INSERT INTO moved SELECT bucket / {H} * {H}, ident, svc, grp, cat, 1
+            FROM judged WHERE starts""",
         {"scope": scope},
     )
-    cur.execute(starts, {"n": 1, "scope": scope})
     _apply_moved(cur, scope)
 
 
