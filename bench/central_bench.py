@@ -10,7 +10,8 @@ end, also on failure or Ctrl-C.
   sent with the real code (`resolver.central.shipper.ship_all`: the Shipper's COPY
   batches of `central.batch_rows`, ON CONFLICT, outbox cleared after each commit).
 - report: REPORT_HITS hits spread over SITES sites, COPYed straight into the monthly
-  partitions of `hits` (plus a traffic row per site and minute), then `sinkhole report
+  partitions of `hits` (plus a traffic row per site and minute), the rollups built from
+  them (`resolver.central.rollups.backfill`, as m003 does), then `sinkhole report
   --week ... --format json` with `central` configured: the CLI's code path, as an
   administrator runs it. Its total is checked against SUM(count) in PostgreSQL.
 """
@@ -35,7 +36,7 @@ import yaml  # noqa: E402
 
 from bench.report_bench import TZ, WEEK, generate, make_rows  # noqa: E402
 from resolver import report as rpt  # noqa: E402
-from resolver.central import connect  # noqa: E402
+from resolver.central import connect, rollups  # noqa: E402
 from resolver.central.schema import ensure_partitions, migrate  # noqa: E402
 from resolver.central.shipper import ship_all  # noqa: E402
 from resolver.config import CentralConfig  # noqa: E402
@@ -125,7 +126,18 @@ def fill_central(dsn: str, hits: int, sites: int, t0: int, t1: int) -> int:
                     copy.write_row((site, m, 2000, 0))
         conn.execute("ANALYZE hits")
         conn.execute("ANALYZE traffic")
+        # The rollups the shipper keeps, built from the COPYed hits as m003 builds them.
+        r0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            rollups.backfill(cur)
+        ROLLUP_BUILD["s"] = time.perf_counter() - r0
+        for table in ("hits_hour", *rollups.PARTITIONED):
+            conn.execute(f"ANALYZE {table}")
     return total
+
+
+#: Seconds `rollups.backfill` took over the COPYed hits (fill_central).
+ROLLUP_BUILD: dict[str, float] = {}
 
 
 def bench_report(cluster: PgCluster, work: Path, hits: int, sites: int, t0: int, t1: int) -> dict:
@@ -170,6 +182,7 @@ def bench_report(cluster: PgCluster, work: Path, hits: int, sites: int, t0: int,
         "blocked": total,
         "attempts": data["totals"]["attempts"],
         "generate_s": generated,
+        "rollups_s": ROLLUP_BUILD.get("s", 0.0),
         "wall_s": wall,
         "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "max_rss_mb": ru1.ru_maxrss / 1024,
@@ -205,7 +218,8 @@ def main() -> None:
             print(
                 f"report: {rep['hits']:,} hits over {rep['sites']} sites ({rep['blocked']:,} "
                 f"blocked, {rep['attempts']:,} attempts; generated and COPYed in "
-                f"{rep['generate_s']:.0f} s): `sinkhole report --week {WEEK}` "
+                f"{rep['generate_s']:.0f} s, of which the rollups built in "
+                f"{rep['rollups_s']:.0f} s): `sinkhole report --week {WEEK}` "
                 f"{rep['wall_s']:.1f} s wall, {rep['cpu_s']:.1f} s CPU, max RSS "
                 f"{rep['max_rss_mb']:.0f} MB; load before {rep['load_before']}",
                 flush=True,

@@ -4,6 +4,12 @@ Fills a database with the last 7 days of hits (report_bench's office of 300 clie
 50 services, written as the recorder writes them), starts the real `sinkhole web` on a
 free loopback port, logs in and times each page and API route; prints a markdown table
 and writes it to bench/WEB_BENCH.md. Usage: python bench/web_bench.py [--hits N]
+
+With --central, the same week of hits is in a central store instead (a throwaway
+PostgreSQL cluster, tests/pgtest.py): SITES sites' hits COPYed into its partitions, its
+rollups built as migration m003 builds them, and `sinkhole web` configured with `central`,
+so every page reads all sites from PostgreSQL; the table goes to bench/WEB_BENCH.md after
+the local one.
 """
 
 from __future__ import annotations
@@ -51,18 +57,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hits", type=int, default=1_000_000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "WEB_BENCH.md"))
+    parser.add_argument("--central", action="store_true", help="the hits in a central store")
+    parser.add_argument("--sites", type=int, default=SITES)
     args = parser.parse_args()
+    cluster = None
     with tempfile.TemporaryDirectory(prefix="web-bench-") as tmp:
         db = Path(tmp) / "sinkhole.db"
         now = int(time.time())
         started = time.monotonic()
-        generate(db, args.hits, now - 7 * 86400, now)
+        extra = ""
+        if args.central:
+            from tests.pgtest import PgCluster
+
+            cluster = PgCluster()
+            cluster.create().start()
+            dsn = cluster.create_database("web_bench")
+            fill_central(dsn, args.hits, args.sites, now - 7 * 86400, now)
+            generate(db, 0, now - 7 * 86400, now)
+            extra = f"central: {{dsn: '{dsn}', site: admin}}\n"
+        else:
+            generate(db, args.hits, now - 7 * 86400, now)
         gen_s = time.monotonic() - started
         port = free_port()
         cfg = Path(tmp) / "c.yaml"
         cfg.write_text(
             f"database: {db}\ntimezone: Europe/Paris\nmetrics_listen: ''\n"
-            f"web: {{listen: '127.0.0.1:{port}'}}\n"
+            f"web: {{listen: '127.0.0.1:{port}'}}\n{extra}"
         )
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         cli = [sys.executable, "-m", "resolver"]
@@ -83,8 +103,13 @@ def main() -> None:
             rows = measure(f"http://127.0.0.1:{port}")
         finally:
             stop_by_pid(proc)
+            if cluster is not None:
+                cluster.destroy()
         size = db.stat().st_size
     load = os.getloadavg()
+    if args.central:
+        write_central(args, rows, gen_s, load)
+        return
     lines = [
         f"### Dashboard pages over {args.hits:,} hits",
         "",
@@ -108,6 +133,41 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     Path(args.out).write_text(text)
+
+
+SITES = 4
+
+
+def fill_central(dsn: str, hits: int, sites: int, t0: int, t1: int) -> None:
+    from central_bench import fill_central as fill
+
+    fill(dsn, hits, sites, t0, t1)
+
+
+def write_central(args, rows, gen_s: float, load) -> None:
+    lines = [
+        f"### Dashboard pages with `central`: {args.hits:,} hits of {args.sites} sites",
+        "",
+        f"`python bench/web_bench.py --central` on {time.strftime('%Y-%m-%d')}: the last 7 "
+        f"days of {args.hits:,} hit rows (the same generator) over {args.sites} sites, "
+        "COPYed into a throwaway PostgreSQL 15 cluster on loopback, its rollups built as "
+        f"m003 builds them (together {gen_s:.0f} s); `sinkhole web` with `central` "
+        f"configured, {RUNS} runs per route after one warm-up; 2 cores, load average "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
+        "",
+        "| route | median s | max s | bytes |",
+        "| --- | ---: | ---: | ---: |",
+        *(f"| `{p}` | {med:.3f} | {mx:.3f} | {n:,} |" for p, med, mx, n in rows),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    mark = "### Dashboard pages with `central`"
+    if mark in old:
+        old = old[: old.index(mark)].rstrip() + "\n"
+    out.write_text(old + "\n" + text)
 
 
 def measure(url: str) -> list[tuple[str, float, float, int]]:

@@ -332,7 +332,7 @@ def build_report_for(
         from resolver.central.report import central_report
 
         return central_report(
-            config.central, build, int(start.timestamp()), int(end.timestamp()), sites
+            config.central, build, int(start.timestamp()), int(end.timestamp()), sites, tz=tz
         )
     from resolver.store import Store
 

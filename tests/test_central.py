@@ -3,6 +3,7 @@ config, schema, the outbox and the shipper, then real `sinkhole serve` sites."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -781,3 +782,265 @@ def test_a_dashboard_edit_reaches_every_site_and_the_overview_shows_them(
     assert any(
         e.get("user") == ADMIN[0] and e.get("comment") == "from the dashboard" for e in history
     )
+
+
+# -- the cross-site report from the rollups, against the hits themselves ----------------
+
+#: The hits of the report tests: three sites around the end of March 2026 (Europe's
+#: clock change on the 29th, a month boundary on the 31st).
+SPAN = (1774656000, 1775088000)  # 2026-03-28 00:00 UTC .. 2026-04-02 00:00 UTC
+SITES3 = ("dns1", "dns2", "dns3")
+REPORT_NOW = datetime.datetime(2026, 4, 20, tzinfo=datetime.UTC)
+
+
+def _burst_rows(seed: int, n: int) -> dict[str, list[tuple]]:
+    """Browser bursts of a few clients over a few services, each burst's lookups spread
+    over a redundant pair of sites (dns1, dns2) or on dns3 alone, without clients there;
+    gaps around the 300-second rule, lookups in the same second on two sites."""
+    import random
+
+    rng = random.Random(seed)
+    services = [
+        ("openai-chatgpt", "ai-chatbots", "chatgpt.com"),
+        ("anthropic-claude", "ai-chatbots", "claude.ai"),
+        (None, None, "custom.example"),
+        (None, "list:extra", "bot.example.org"),
+        ("doh-google", "bypass", "dns.google"),
+    ]
+    out: dict[str, list[tuple]] = {s: [] for s in SITES3}
+    lo, hi = SPAN
+    while sum(map(len, out.values())) < n:
+        client = f"10.0.0.{rng.randint(1, 6)}"
+        service, category, qname = rng.choice(services)
+        pair = rng.random() < 0.7
+        t = rng.randrange(lo, hi)
+        for _ in range(rng.randint(1, 7)):
+            if pair:
+                site = rng.choice(("dns1", "dns2"))
+                group = {"dns1": "lab", "dns2": rng.choice(("lab", "office", None))}[site]
+                ip: str | None = client
+            else:
+                site, group, ip = "dns3", rng.choice(("lab", None)), None
+            row = (t, ip, group, qname, "A", service, category, qname, "null", rng.choice((1, 2)))
+            out[site].append(row)
+            if pair and rng.random() < 0.2:  # the same second on the other site
+                other = "dns2" if site == "dns1" else "dns1"
+                out[other].append((t, client, "office", *row[3:]))
+            t += rng.choice((0, 1, 30, 200, 299, 300, 301, 302, 600, 3600))
+            if t >= hi:
+                break
+    return out
+
+
+def _ship_rows(central_dsn: str, tmp_path: Path, rows: dict[str, list[tuple]]) -> None:
+    """Each site writes its hits in shuffled slices (late and out of order) and ships
+    after each in small batches; one batch is shipped twice."""
+    import random
+
+    rng = random.Random(3)
+    for site, hits in rows.items():
+        db = tmp_path / f"{site}.db"
+        central = CentralConfig(dsn=central_dsn, site=site, batch_rows=97)
+        hits = sorted(hits, key=lambda r: r[0])
+        slices = [hits[i : i + 400] for i in range(0, len(hits), 400)]
+        rng.shuffle(slices)
+        for k, part in enumerate(slices):
+            shuffled = part[:]
+            rng.shuffle(shuffled)
+            _local(db, shuffled)
+            if k == 1:  # died after PostgreSQL's commit, before its outbox delete
+                ship_all(central, str(db))
+                conn = sqlite_connect(db)
+                conn.execute("INSERT OR IGNORE INTO central_hits_outbox SELECT id FROM hits")
+                conn.commit()
+                conn.close()
+            ship_all(central, str(db))
+
+
+def _builder(start: int, end: int, tz: str, privacy: str = "ip"):
+    from resolver.report import build_report
+
+    def build(path: str) -> dict:
+        return build_report(
+            path,
+            start=datetime.datetime.fromtimestamp(start, datetime.UTC),
+            end=datetime.datetime.fromtimestamp(end, datetime.UTC),
+            tz=tz,
+            privacy=privacy,
+            retention_days=400,
+            groups={"lab": ["10.0.0.0/29"], "office": ["10.1.0.0/16"]},
+            service_names={"openai-chatgpt": "ChatGPT"},
+            now=REPORT_NOW,
+        )
+
+    return build
+
+
+def _hits_db(conn, path: str, sites: list[str], t0: int, t1: int) -> None:
+    """The report's database of the union of the hits of SITES: every one, in (ts, site,
+    local_id) order, written with the recorder's `write_hits` (as the central report
+    did before its rollups, but for its hour of lead only: the previous period's
+    figures need the hits before); the traffic summed per minute; the first start."""
+    Store(path).close()
+    local = sqlite_connect(path)
+    local.execute("BEGIN IMMEDIATE")
+    rows = conn.execute(
+        "SELECT ts, client, client_group, qname, qtype, service, category, rule, action, "
+        "count FROM hits WHERE site = ANY(%s) ORDER BY ts, site, local_id",
+        (sites,),
+    ).fetchall()
+    for i in range(0, len(rows), 1000):
+        write_hits(local, rows[i : i + 1000])
+    for row in conn.execute(
+        "SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached), SUM(failed), "
+        "SUM(refused), MAX(recorder_lag) FROM traffic WHERE site = ANY(%s) AND minute >= %s "
+        "AND minute < %s GROUP BY minute",
+        (sites, t0 - 3600, t1),
+    ):
+        local.execute(
+            "INSERT INTO traffic (minute, queries, blocked, forwarded, cached, failed, refused, "
+            "recorder_lag) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            tuple(int(v) for v in row),
+        )
+    (first,) = conn.execute(
+        "SELECT MIN(COALESCE(first_start, EXTRACT(EPOCH FROM first_seen)::bigint)) "
+        "FROM sites WHERE site = ANY(%s)",
+        (sites,),
+    ).fetchone()
+    (oldest,) = conn.execute(
+        "SELECT LEAST(MIN(ts), %s) FROM hits WHERE site = ANY(%s)", (first, sites)
+    ).fetchone()
+    if oldest is not None:
+        local.execute("INSERT OR REPLACE INTO settings VALUES ('first_start', ?)", (str(oldest),))
+    local.execute("COMMIT")
+    local.close()
+
+
+def _oracle(dsn: str, tmp_path: Path, sites, t0: int, t1: int, tz: str, privacy: str) -> dict:
+    """The central report the old way: the hits themselves through the one-site report."""
+    from resolver.central.report import _behind, known_sites
+
+    build = _builder(t0, t1, tz, privacy)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        chosen = list(sites) or known_sites(conn)
+        _hits_db(conn, str(tmp_path / "oracle-all.db"), chosen, t0, t1)
+        data = build(str(tmp_path / "oracle-all.db"))
+        per_site = []
+        for site in chosen:
+            path = str(tmp_path / f"oracle-{site}.db")
+            _hits_db(conn, path, [site], t0, t1)
+            part = build(path)
+            per_site.append(
+                {
+                    "site": site,
+                    "blocked": part["totals"]["blocked"],
+                    "attempts": part["totals"]["attempts"],
+                    "gaps": part["gaps"] + _behind(conn, site, t0, t1),
+                }
+            )
+    for name in os.listdir(tmp_path):
+        if name.startswith("oracle-"):
+            os.unlink(tmp_path / name)
+    data["sites"] = per_site
+    data["central"] = {"sites": chosen}
+    return data
+
+
+def _from_rollups(dsn: str, sites, t0: int, t1: int, tz: str, privacy: str) -> dict:
+    from resolver.central.report import central_report
+
+    central = CentralConfig(dsn=dsn, site="admin")
+    return central_report(central, _builder(t0, t1, tz, privacy), t0, t1, sites, tz=tz)
+
+
+#: (start, end, zone) of the periods compared: the whole span in Paris (the clock change
+#: on 2026-03-29), edges off the hour, Kolkata (local midnight at 18:30 UTC), under an
+#: hour, and one day.
+PERIODS = [
+    (SPAN[0] - 86400, SPAN[1], "Europe/Paris"),
+    (SPAN[0] + 3 * 3600 + 17 * 60 + 13, SPAN[1] - 41 * 60 - 7, "Europe/Paris"),
+    (SPAN[0] + 5 * 60, SPAN[1] - 2 * 86400 + 1234, "Asia/Kolkata"),
+    (SPAN[0] + 86400 + 600, SPAN[0] + 86400 + 3000, "UTC"),
+    (1774735200, 1774821600, "Europe/Paris"),  # 2026-03-29, 23 hours long
+]
+
+
+def _assert_same(dsn: str, tmp_path: Path, sites=(), privacy: str = "ip", periods=PERIODS):
+    for t0, t1, tz in periods:
+        want = _oracle(dsn, tmp_path, sites, t0, t1, tz, privacy)
+        got = _from_rollups(dsn, sites, t0, t1, tz, privacy)
+        assert got == want, (t0, t1, tz, sites, privacy)
+        assert want["totals"]["blocked"] > 0 or t1 - t0 < 3600
+
+
+@pytest.fixture
+def three_sites(central_dsn: str, tmp_path: Path) -> str:
+    _migrated(central_dsn)
+    _ship_rows(central_dsn, tmp_path, _burst_rows(11, 6000))
+    return central_dsn
+
+
+def test_report_from_rollups_equals_the_report_of_the_hits(three_sites: str, tmp_path) -> None:
+    _assert_same(three_sites, tmp_path)
+    # A client whose lookups the pair shared: attempts across sites are fewer than the
+    # sites' own added up, blocked queries add up.
+    t0, t1, tz = PERIODS[0]
+    data = _from_rollups(three_sites, (), t0, t1, tz, "ip")
+    assert sum(s["blocked"] for s in data["sites"]) == data["totals"]["blocked"]
+    assert sum(s["attempts"] for s in data["sites"]) > data["totals"]["attempts"]
+
+
+@pytest.mark.parametrize("sites", [("dns2",), ("dns1", "dns2"), ("dns3", "dns1")])
+def test_report_of_some_sites_from_rollups(three_sites: str, tmp_path: Path, sites) -> None:
+    _assert_same(three_sites, tmp_path, sites, periods=PERIODS[:3])
+
+
+def test_report_without_clients_from_rollups(three_sites: str, tmp_path: Path) -> None:
+    _assert_same(three_sites, tmp_path, privacy="none", periods=PERIODS[1:3])
+
+
+def test_report_after_retention_from_rollups(three_sites: str, tmp_path: Path) -> None:
+    april = 1775001600  # 2026-04-01 00:00 UTC
+    with psycopg.connect(three_sites, autocommit=True) as conn:
+        assert drop_partitions_before(conn, april + 3600)
+        (left,) = conn.execute("SELECT MIN(ts) FROM hits").fetchone()
+    assert left >= april
+    _assert_same(three_sites, tmp_path, periods=[(april - 7200, SPAN[1], "Europe/Paris")])
+    _assert_same(three_sites, tmp_path, ("dns1", "dns2"), periods=[(april, SPAN[1], "UTC")])
+
+
+def test_m003_builds_the_rollups_of_a_database_that_holds_hits(
+    central_dsn: str, tmp_path: Path
+) -> None:
+    from resolver.central import schema
+
+    rows = _burst_rows(5, 3000)
+    with psycopg.connect(central_dsn, autocommit=True) as conn:
+        # The database as release m002 left it, hits shipped by that shipper.
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE central_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
+            )
+            with conn.cursor() as cur:
+                for version, (name, apply) in enumerate(schema.MIGRATIONS[:2], 1):
+                    apply(cur)
+                    cur.execute("INSERT INTO central_migrations VALUES (%s, %s)", (version, name))
+        for m in schema.months(SPAN[0] - 86400, SPAN[1]):
+            for table in ("hits", "traffic", "hits_hour"):
+                conn.execute(
+                    f"CREATE TABLE {schema.partition_name(table, m)} PARTITION OF {table} "
+                    f"FOR VALUES FROM ({int(m.timestamp())}) "
+                    f"TO ({int(schema.next_month(m).timestamp())})"
+                )
+        for site, hits in rows.items():
+            conn.execute("INSERT INTO sites (site) VALUES (%s)", (site,))
+            with conn.cursor().copy(
+                "COPY hits (site, local_id, ts, client, client_group, qname, qtype, service, "
+                "category, rule, action, count) FROM STDIN"
+            ) as copy:
+                for i, r in enumerate(sorted(hits, key=lambda r: r[0]), 1):
+                    copy.write_row((site, i, *r))
+        assert schema.migrate(conn) == (2, SCHEMA_VERSION)
+    _assert_same(central_dsn, tmp_path, periods=PERIODS[:3])
+    _assert_same(central_dsn, tmp_path, ("dns1", "dns2"), periods=PERIODS[1:2])

@@ -1,6 +1,8 @@
-"""The report over all sites: the central store's hits of a period, read into a temporary
-SQLite database, go through the very report of one site (resolver/report.py), so the
-cross-site figures follow the same rules (attempts, gaps, privacy) as a site's own.
+"""The report over all sites: what the report of one site (resolver/report/queries.py)
+reads of a period — the central rollups (resolver/central/rollups.py) of its whole hours,
+summed to the rows its queries group by, and the hits of its edges and cut hours — is
+written into a small temporary SQLite database and goes through that very report, so
+the cross-site figures follow the same rules (attempts, gaps, privacy) as a site's own.
 
 Totals are over the chosen sites together (a client whose lookups a redundant pair
 shared makes one attempt, not two); `sites` adds each site's own blocked and attempts,
@@ -14,16 +16,20 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resolver.central import CentralError, connect, first_line, psycopg
+from resolver.central import CentralError, connect, first_line, psycopg, rollups
 from resolver.central.schema import require_schema
 from resolver.config import CentralConfig
-from resolver.report.queries import GAP_NOT_SHIPPED
+from resolver.report.queries import BYPASS_CATEGORY, GAP_NOT_SHIPPED
+from resolver.store.rollups import HOUR_SECONDS as HOUR
+from resolver.store.rollups import ROLLUP_SECONDS
 
 #: Hits this long before the period are read too: a lookup there may end an attempt.
 LEAD_SECONDS = 3600
 HIT_COLUMNS = "ts, client, client_group, qname, qtype, service, category, rule, action, count"
 #: Hits read from PostgreSQL and written to the report's SQLite file at a time.
 FETCH_ROWS = 50_000
+#: PostgreSQL's work_mem for the report's queries.
+REPORT_WORK_MEM = "64MB"
 TRAFFIC_COLUMNS = "minute, queries, blocked, forwarded, cached, failed, refused, recorder_lag"
 
 
@@ -42,47 +48,163 @@ def _pick_sites(conn, wanted: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted)) if wanted else sites
 
 
-def materialize(conn, path: str, sites: Sequence[str], t0: int, t1: int) -> None:
-    """Write the central hits and traffic of SITES in [t0 - lead, t1) into a new SQLite
-    report database at PATH."""
+def _all_sites(conn, chosen: Sequence[str]) -> bool:
+    return set(chosen) == set(known_sites(conn))
+
+
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(s for s in spans if s[0] < s[1]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def previous_start(t0: int, t1: int, zi) -> int:
+    """The start of the period before [t0, t1), as the report's services section takes
+    it (resolver/report/queries.py: by the wall clock)."""
+    import datetime as dt
+
+    wall_start = dt.datetime.fromtimestamp(t0, zi).replace(tzinfo=None)
+    wall_end = dt.datetime.fromtimestamp(t1, zi).replace(tzinfo=None)
+    return int((wall_start - (wall_end - wall_start)).replace(tzinfo=zi).timestamp())
+
+
+class _Read:
+    """What the report of SITES over [t0, t1) reads, as resolver/report/queries.py
+    plans it (`_Plan`): the hours it takes from the rollups, the hits of the edges, the
+    cut hours and the previous period's edges, which it reads from `hits`."""
+
+    def __init__(self, conn, sites: Sequence[str], t0: int, t1: int, tz: str) -> None:
+        from resolver.report.periods import day_bounds, zone
+        from resolver.report.queries import ATTEMPT_GAP_SECONDS, _Plan
+
+        self.sites, self.t0, self.t1 = list(sites), t0, t1
+        self.zi = zone(tz)
+        self.days = day_bounds(t0, t1, self.zi)
+        self.plan = _Plan(t0, t1, [lo for _, lo, _ in self.days[1:]], True, ATTEMPT_GAP_SECONDS)
+        self.previous = _Plan(previous_start(t0, t1, self.zi), t0, [], True)
+        gap = ATTEMPT_GAP_SECONDS
+        # The raw hits the report reads: each edge with the GAP seconds before it
+        # (within the period), every cut hour whole, the previous period's edges.
+        self.raw = _union(
+            [(max(t0, lo - gap), hi) for lo, hi in self.plan.raw]
+            + [(c * HOUR, (c + 1) * HOUR) for c in self.plan.cut]
+            + list(self.previous.raw)
+        )
+        if len(self.sites) == 1 or _all_sites(conn, self.sites):
+            self.scope = self.sites[0] if len(self.sites) == 1 else rollups.ALL
+        else:
+            self.scope = None  # a subset of the sites: attempts judged at report time
+
+    @property
+    def hours(self) -> tuple[int, int]:
+        return self.plan.first * HOUR, self.plan.last * HOUR
+
+    def client_rows_sql(self) -> str:
+        """(hour, ident, svc, grp, cat, blocked, attempts) of the hours from the rollups,
+        for the chosen sites together; parameters %(scope)s, %(sites)s."""
+        lo, hi = self.hours
+        if self.scope is not None:
+            return f"""SELECT hour, ident, svc, grp, cat, blocked, attempts
+                       FROM hits_hour_client WHERE site = %(scope)s
+                       AND hour >= {lo} AND hour < {hi}"""
+        return f"""SELECT hour, ident, svc, grp, cat, blocked, 0 AS attempts
+                   FROM hits_hour_client WHERE site = ANY(%(sites)s)
+                   AND hour >= {lo} AND hour < {hi}
+                   UNION ALL
+                   SELECT bucket / {HOUR} * {HOUR}, ident, svc, grp, cat, 0, 1
+                   FROM ({rollups.subset_attempts_sql(lo, hi)}) s"""
+
+    def cut_starts_sql(self) -> str:
+        """The attempts that start in the cut hours: bucket, ident, svc, first_ts,
+        last_ts, grp, cat."""
+        cut = ", ".join(str(c * HOUR) for c in self.plan.cut)
+        hour = f"bucket / {HOUR} * {HOUR}"
+        if self.scope is not None:
+            return f"""SELECT bucket, ident, svc, first_ts, last_ts, grp, cat FROM hits_bucket
+                       WHERE site = %(scope)s AND start AND {hour} IN ({cut})"""
+        lo, hi = self.hours
+        return f"""SELECT * FROM ({rollups.subset_attempts_sql(lo, hi)}) s
+                   WHERE {hour} IN ({cut})"""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"scope": self.scope, "sites": self.sites}
+
+
+def materialize(conn, path: str, read: _Read) -> None:
+    """Write what the one-site report reads of the chosen sites over the period into a
+    new SQLite report database at PATH: the rollups of its hours summed to the rows its
+    queries group by (each at an hour they read), the hits it reads (edges, cut hours,
+    the first and last lookup), the attempts of the cut hours and the traffic."""
+    from resolver.report.periods import day_case
     from resolver.store import Store
     from resolver.store.db import connect as sqlite_connect
-    from resolver.store.rollups import write_hits
+    from resolver.store.rollups import INSERT_HITS
 
     Store(path).close()
     local = sqlite_connect(path)
     try:
+        # A throwaway file: its rows are written as they are, no trigger adds them up.
+        for (name,) in local.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            local.execute(f"DROP TRIGGER {name}")
         local.execute("BEGIN IMMEDIATE")
-        # Streamed from a server-side cursor in chunks, as the recorder writes its
-        # batches: memory stays flat whatever the period holds.
-        with conn.transaction(), conn.cursor(name="sinkhole_report_hits") as cur:
-            cur.itersize = FETCH_ROWS
-            cur.execute(
-                f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s "
-                "AND ts < %s ORDER BY ts, site, local_id",
-                (list(sites), t0 - LEAD_SECONDS, t1),
+        sites, t0, t1 = read.sites, read.t0, read.t1
+        plan = read.plan
+        with conn.transaction():
+            for lo, hi in read.raw:
+                with conn.cursor(name="sinkhole_report_hits") as cur:
+                    cur.itersize = FETCH_ROWS
+                    cur.execute(
+                        f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s "
+                        "AND ts < %s ORDER BY ts, site, local_id",
+                        (sites, lo, hi),
+                    )
+                    while rows := cur.fetchmany(FETCH_ROWS):
+                        local.executemany(INSERT_HITS, rows)
+        # The first and last lookup of the period, wherever they are.
+        for order in ("ASC", "DESC"):
+            row = conn.execute(
+                f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s AND ts < %s "
+                f"AND category IS DISTINCT FROM '{BYPASS_CATEGORY}' "
+                f"ORDER BY ts {order}, site, local_id LIMIT 1",
+                (sites, t0, t1),
+            ).fetchone()
+            if row is not None and not any(lo <= row[0] < hi for lo, hi in read.raw):
+                local.execute(INSERT_HITS, row)
+        if plan.first < plan.last:
+            _write_hours(conn, local, read, day_case)
+        if read.previous.first < read.previous.last:
+            lo, hi = read.previous.first * HOUR, read.previous.last * HOUR
+            local.executemany(
+                "INSERT INTO hits_hour (hour, svc, grp, cat, blocked, attempts) "
+                "VALUES (?, ?, 'other', ?, ?, 0)",
+                [
+                    (read.previous.first, svc, cat, int(n))
+                    for svc, cat, n in conn.execute(
+                        "SELECT svc, cat, SUM(blocked) FROM hits_hour WHERE site = ANY(%s) "
+                        "AND hour >= %s AND hour < %s GROUP BY svc, cat",
+                        (sites, lo, hi),
+                    )
+                ],
             )
-            while rows := cur.fetchmany(FETCH_ROWS):
-                write_hits(local, rows)
-        for row in conn.execute(
-            """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached),
-                       SUM(failed), SUM(refused), MAX(recorder_lag)
-                FROM traffic WHERE site = ANY(%s) AND minute >= %s AND minute < %s
-                GROUP BY minute""",
-            (list(sites), t0 - LEAD_SECONDS, t1),
-        ):
-            local.execute(
-                f"INSERT INTO traffic ({TRAFFIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                tuple(int(v) for v in row),
-            )
-        (first,) = conn.execute(
-            "SELECT MIN(COALESCE(first_start, EXTRACT(EPOCH FROM first_seen)::bigint)) "
-            "FROM sites WHERE site = ANY(%s)",
-            (list(sites),),
-        ).fetchone()
-        (oldest,) = conn.execute(
-            "SELECT LEAST(MIN(ts), %s) FROM hits WHERE site = ANY(%s)", (first, list(sites))
-        ).fetchone()
+        local.executemany(
+            f"INSERT INTO traffic ({TRAFFIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                tuple(int(v) for v in row)
+                for row in conn.execute(
+                    """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached),
+                              SUM(failed), SUM(refused), MAX(recorder_lag)
+                       FROM traffic WHERE site = ANY(%s) AND minute >= %s AND minute < %s
+                       GROUP BY minute""",
+                    (sites, t0 - LEAD_SECONDS, t1),
+                )
+            ],
+        )
+        oldest = _first_start(conn, sites)
         if oldest is not None:
             local.execute(
                 "INSERT OR REPLACE INTO settings VALUES ('first_start', ?)", (str(int(oldest)),)
@@ -92,42 +214,174 @@ def materialize(conn, path: str, sites: Sequence[str], t0: int, t1: int) -> None
         local.close()
 
 
+def _write_hours(conn, local, read: _Read, day_case) -> None:
+    """The rollup hours of the period: the per-client sums over all of them at the first
+    hour (the report groups them by client, service, group, category), the per-day sums
+    of the hours not cut at the first hour of their day, the names' sums, and the
+    attempts that start in the cut hours (the report reads those from `hits_attempts`)."""
+    plan = read.plan
+    cut = ", ".join(str(c * HOUR) for c in plan.cut) or "NULL"
+    day = day_case("hour", read.days)
+    isum, dsum = [], []
+    for is_day, d_hour, ident, svc, grp, cat, blocked, attempts in conn.execute(
+        f"""SELECT GROUPING(ident), MIN(hour), ident, svc, grp, cat, SUM(blocked),
+                   SUM(attempts)
+            FROM (SELECT CASE WHEN hour IN ({cut}) THEN NULL ELSE {day} END AS day, *
+                  FROM ({read.client_rows_sql()}) c) x
+            GROUP BY GROUPING SETS ((ident, svc, grp, cat), (day, svc, grp, cat))
+            HAVING GROUPING(ident) = 0 OR MIN(day) IS NOT NULL""",
+        read.params,
+    ):
+        if is_day:
+            dsum.append((d_hour // HOUR, svc, grp, cat, int(blocked), int(attempts)))
+        else:
+            isum.append((plan.first, ident, svc, grp, cat, int(blocked), int(attempts)))
+    local.executemany("INSERT INTO hits_hour_client VALUES (?, ?, ?, ?, ?, ?, ?)", isum)
+    local.executemany(
+        "INSERT INTO hits_hour (hour, svc, grp, cat, blocked, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+        dsum,
+    )
+    lo, hi = read.hours
+    local.executemany(
+        "INSERT INTO hits_hour_name (hour, svc, cat, qname, blocked) VALUES (?, ?, ?, ?, ?)",
+        [
+            (plan.first, svc, cat, qname, int(n))
+            for svc, cat, qname, n in conn.execute(
+                "SELECT svc, cat, qname, SUM(blocked) FROM hits_hour_name "
+                "WHERE site = ANY(%s) AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
+                (read.sites, lo, hi),
+            )
+        ],
+    )
+    if plan.cut:
+        local.executemany(
+            "INSERT INTO hits_attempts VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+            [
+                (b // ROLLUP_SECONDS, *rest)
+                for b, *rest in conn.execute(read.cut_starts_sql(), read.params)
+            ],
+        )
+
+
+def _first_start(conn, sites: Sequence[str]) -> int | None:
+    """When the first of SITES first recorded (or its oldest hit, if older)."""
+    (first,) = conn.execute(
+        "SELECT MIN(COALESCE(first_start, EXTRACT(EPOCH FROM first_seen)::bigint)) "
+        "FROM sites WHERE site = ANY(%s)",
+        (list(sites),),
+    ).fetchone()
+    (oldest,) = conn.execute(
+        "SELECT LEAST(MIN(ts), %s) FROM hits WHERE site = ANY(%s)", (first, list(sites))
+    ).fetchone()
+    return oldest
+
+
 def central_report(
     central: CentralConfig,
     build: Callable[[str], dict[str, Any]],
     t0: int,
     t1: int,
     sites: Sequence[str] = (),
+    *,
+    tz: str,
 ) -> dict[str, Any]:
     """The report dict for SITES (all when empty): `build(db_path)` is the one-site
-    report builder; adds `"sites": [{"site", "blocked", "attempts", "gaps"}]`."""
+    report builder of the period [t0, t1) in the time zone TZ; adds `"sites": [{"site",
+    "blocked", "attempts", "gaps"}]`."""
     pg = psycopg()
     try:
         with connect(central) as conn:
             require_schema(conn)
+            # The week's per-client rollup is grouped two ways in one pass: in memory
+            # (some 10 MB at a million hits) instead of sorted on disk; this connection only.
+            conn.execute(f"SET work_mem = '{REPORT_WORK_MEM}'")
             chosen = _pick_sites(conn, sites)
+            read = _Read(conn, chosen, t0, t1, tz)
             with tempfile.TemporaryDirectory(prefix="sinkhole-central-") as tmp:
                 path = os.path.join(tmp, "all.db")
-                materialize(conn, path, chosen, t0, t1)
+                materialize(conn, path, read)
                 data = build(path)
-                per_site = []
-                for i, site in enumerate(chosen):
-                    one = os.path.join(tmp, f"site{i}.db")
-                    materialize(conn, one, [site], t0, t1)
-                    part = build(one)
-                    per_site.append(
-                        {
-                            "site": site,
-                            "blocked": part["totals"]["blocked"],
-                            "attempts": part["totals"]["attempts"],
-                            "gaps": part["gaps"] + _behind(conn, site, t0, t1),
-                        }
-                    )
+            per_site = _per_site(conn, read)
     except pg.Error as exc:
         raise CentralError(f"central store: {first_line(exc)}") from None
     data["sites"] = per_site
     data["central"] = {"sites": chosen}
     return data
+
+
+def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
+    """Each chosen site's blocked queries and attempts, as the report of its hits alone
+    counts them (totals: the chatbot services, the bypass apart), and its gaps.
+
+    Its rollup hours are the report's (the plan depends on the period only): their sums
+    from `hits_hour`, the site's attempts judged over its own hits; the edges by the
+    report's rule (`_raw_sql`: a lookup starts an attempt unless the same client looked
+    up the same service at most 300 s before, within the period; ties by local id)."""
+    from resolver.report.queries import ATTEMPT_GAP_SECONDS
+
+    plan, sites = read.plan, read.sites
+    sums = {s: [0, 0] for s in sites}
+    if plan.first < plan.last:
+        lo, hi = read.hours
+        for site, blocked, attempts in conn.execute(
+            "SELECT site, SUM(blocked), SUM(attempts) FROM hits_hour WHERE site = ANY(%s) "
+            f"AND hour >= %s AND hour < %s AND cat <> '{BYPASS_CATEGORY}' GROUP BY site",
+            (sites, lo, hi),
+        ):
+            sums[site][0] += int(blocked)
+            sums[site][1] += int(attempts)
+    gap = ATTEMPT_GAP_SECONDS
+    for lo, hi in plan.raw:
+        ctx = max(read.t0, lo - gap)
+        for site, blocked, attempts in conn.execute(
+            f"""SELECT site, SUM(count), SUM(start) FROM (
+                  SELECT site, ts, count, cat,
+                         CASE WHEN ts - LAG(ts) OVER w <= {gap} THEN 0 ELSE 1 END AS start
+                  FROM (SELECT site, local_id, ts, count, {rollups.HIT_KEYS} FROM hits
+                        WHERE site = ANY(%s) AND ts >= %s AND ts < %s) h
+                  WINDOW w AS (PARTITION BY site, ident, svc ORDER BY ts, local_id)) x
+                WHERE ts >= %s AND cat <> '{BYPASS_CATEGORY}' GROUP BY site""",
+            (sites, ctx, hi, lo),
+        ):
+            sums[site][0] += int(blocked)
+            sums[site][1] += int(attempts)
+    return [
+        {
+            "site": site,
+            "blocked": sums[site][0],
+            "attempts": sums[site][1],
+            "gaps": _site_gaps(conn, site, read) + _behind(conn, site, read.t0, read.t1),
+        }
+        for site in sites
+    ]
+
+
+def _site_gaps(conn, site: str, read: _Read) -> list[dict]:
+    """The site's gaps in recording, by the report's own `_gaps` over its traffic."""
+    import sqlite3
+    import time
+
+    from resolver.report.queries import _gaps
+
+    local = sqlite3.connect(":memory:")
+    try:
+        local.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)")
+        local.execute("CREATE TABLE traffic (minute INTEGER PRIMARY KEY, recorder_lag INTEGER)")
+        local.executemany(
+            "INSERT INTO traffic VALUES (?, ?)",
+            conn.execute(
+                "SELECT minute, recorder_lag FROM traffic WHERE site = %s AND minute >= %s "
+                "AND minute < %s",
+                (site, read.t0 - LEAD_SECONDS, read.t1),
+            ).fetchall(),
+        )
+        oldest = _first_start(conn, [site])
+        if oldest is not None:
+            local.execute("INSERT INTO settings VALUES ('first_start', ?)", (str(int(oldest)),))
+        now = int(time.time())
+        return _gaps(local, read.t0, min(read.t1, max(read.t0, now)), read.zi, now)
+    finally:
+        local.close()
 
 
 def _behind(conn, site: str, t0: int, t1: int) -> list[dict]:
@@ -163,7 +417,8 @@ def sites_status(central: CentralConfig) -> list[dict[str, Any]]:
             rows = conn.execute(
                 """SELECT s.site, s.last_seen, s.last_shipped, s.backlog, s.oldest_unshipped,
                           s.dropped, s.policy_version, s.software_version, s.shipped_hits,
-                          (SELECT COALESCE(SUM(count), 0) FROM hits h WHERE h.site = s.site)
+                          (SELECT COALESCE(SUM(blocked), 0) FROM hits_hour h
+                           WHERE h.site = s.site)
                    FROM sites s ORDER BY s.site"""
             ).fetchall()
     except pg.Error as exc:

@@ -2,8 +2,8 @@
 
 `sinkhole central init` runs `migrate`, which applies each migration not yet applied in
 one transaction under an advisory lock, so two sites upgraded at once take turns. The
-hits, the traffic and the hourly rollup are partitioned by month of their timestamp
-(unix seconds); `ensure_partitions` creates the months a batch needs before it is
+hits, the traffic and the rollups (resolver/central/rollups.py) are partitioned by month
+of their timestamp (unix seconds); `ensure_partitions` creates the months a batch needs before it is
 inserted, and `drop_partitions_before` is the retention: it drops whole months.
 """
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
+from resolver.central import rollups
 from resolver.errors import StoreError
 
 #: pg_advisory_xact_lock key for migrations and partition creation ("sinkhole" in ASCII).
 SCHEMA_LOCK = 0x73696E6B686F6C65
 
 #: The partitioned tables, each with the column it is partitioned on.
-PARTITIONED = {"hits": "ts", "traffic": "minute", "hits_hour": "hour"}
+PARTITIONED = {"hits": "ts", "traffic": "minute", "hits_hour": "hour", **rollups.PARTITIONED}
 
 
 def _m001(cur) -> None:
@@ -97,8 +98,35 @@ def _m002(cur) -> None:
     )
 
 
+def _m003(cur) -> None:
+    # The rollups the cross-site report reads (resolver/central/rollups.py), kept by the
+    # shipper, built here from the hits already stored.
+    cur.execute("ALTER TABLE hits_hour ADD COLUMN attempts bigint NOT NULL DEFAULT 0")
+    for statement in rollups.TABLES:
+        cur.execute(statement)
+    cur.execute(
+        """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'hits'"""
+    )
+    for (child,) in cur.fetchall():
+        try:
+            m = dt.datetime(int(child[-7:-3]), int(child[-2:]), 1, tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        for table in rollups.PARTITIONED:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {partition_name(table, m)} PARTITION OF {table} "
+                f"FOR VALUES FROM ({int(m.timestamp())}) TO ({int(next_month(m).timestamp())})"
+            )
+    rollups.backfill(cur)
+
+
 #: The migrations, in order; their number is the schema version.
-MIGRATIONS: list[tuple[str, Callable]] = [("m001_initial", _m001), ("m002_policy", _m002)]
+MIGRATIONS: list[tuple[str, Callable]] = [
+    ("m001_initial", _m001),
+    ("m002_policy", _m002),
+    ("m003_rollups", _m003),
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -210,6 +238,7 @@ def ensure_partitions(conn, lo: int, hi: int, known: set[str] | None = None) -> 
 def drop_partitions_before(conn, before: int) -> list[str]:
     """Drop every monthly partition that ends at or before `before`; their names."""
     dropped = []
+    boundary: int | None = None
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         rows = conn.execute(
@@ -224,7 +253,12 @@ def drop_partitions_before(conn, before: int) -> list[str]:
             except ValueError:
                 continue
             start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
-            if int(next_month(start).timestamp()) <= before:
+            end = int(next_month(start).timestamp())
+            if end <= before:
                 conn.execute(f"DROP TABLE {child}")
                 dropped.append(child)
+                boundary = end if boundary is None else max(boundary, end)
+        if boundary is not None:
+            with conn.cursor() as cur:
+                rollups.after_drop(cur, boundary)
     return dropped

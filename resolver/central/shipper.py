@@ -3,10 +3,11 @@
 DNS never waits on it: it reads the local SQLite file with its own connection, talks to
 PostgreSQL with its own, and sleeps when there is nothing to send or PostgreSQL is away.
 Each batch goes in one PostgreSQL transaction (COPY into a temporary table, then one
-INSERT ... ON CONFLICT DO NOTHING into `hits`, whose really inserted rows feed the hourly
-rollup, and an upsert of the traffic minutes); the outbox rows leave SQLite only after
-that commit. A batch that is sent again (the site died between the commit and the
-outbox delete) is stored once. While PostgreSQL is unreachable the rows wait.
+INSERT ... ON CONFLICT DO NOTHING into `hits`, whose really inserted rows feed the
+rollups of resolver/central/rollups.py, and an upsert of the traffic minutes); the outbox
+rows leave SQLite only after that commit. A batch that is sent again (the site died
+between the commit and the outbox delete) is stored once. While PostgreSQL is unreachable
+the rows wait.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from resolver import __version__
-from resolver.central import CentralError, connect, first_line, outbox, psycopg
+from resolver.central import CentralError, connect, first_line, outbox, psycopg, rollups
 from resolver.central.schema import ensure_partitions, require_schema
 from resolver.config import CentralConfig
 from resolver.errors import SinkholeError
@@ -270,23 +271,24 @@ class Shipper:
                     for row in hits:
                         copy.write_row(row)
                 cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS ins_hits (local_id bigint, ts bigint, "
+                    "client text, client_group text, qname text, service text, "
+                    "category text, count integer) ON COMMIT DELETE ROWS"
+                )
+                cur.execute(
                     f"""WITH ins AS (
                         INSERT INTO hits (site, {HIT_COLUMNS})
                         SELECT %(site)s, {HIT_COLUMNS} FROM stage_hits
                         ON CONFLICT DO NOTHING
-                        RETURNING ts, service, category, client_group, count),
-                    sums AS (
-                        INSERT INTO hits_hour (site, hour, svc, grp, cat, blocked)
-                        SELECT %(site)s, ts - ts %% 3600,
-                               COALESCE(service, category, 'custom'),
-                               COALESCE(client_group, 'other'), COALESCE(category, ''),
-                               SUM(count)
-                        FROM ins GROUP BY 2, 3, 4, 5
-                        ON CONFLICT (site, hour, svc, grp, cat)
-                        DO UPDATE SET blocked = hits_hour.blocked + excluded.blocked)
-                    SELECT COUNT(*) FROM ins""",
+                        RETURNING local_id, ts, client, client_group, qname, service,
+                                  category, count)
+                    INSERT INTO ins_hits SELECT * FROM ins""",
                     {"site": self.site},
                 )
+                # The rollups from the hits this batch really inserted, not those a
+                # repeated batch brought again (resolver/central/rollups.py).
+                rollups.add_batch(cur, self.site)
+                cur.execute("SELECT COUNT(*) FROM ins_hits")
                 (inserted,) = cur.fetchone()
             if traffic:
                 cols = ", ".join(TRAFFIC_COLUMNS)
