@@ -1067,13 +1067,17 @@ def load_average() -> str:
         return "unknown"
 
 
-def machine_facts(load_before: str, started: str) -> list[tuple[str, str]]:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo: ratios hold for one kind of machine."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine_facts(load_before: str, started: str) -> list[tuple[str, str]]:
+    cpu = cpu_model()
     return [
         ("CPU", cpu),
         ("cores", f"{os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})"),

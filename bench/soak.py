@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         ("date (start)", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("git", run.git_state()),
         (run.LOAD_FACT, run.load_average()),
+        ("CPU", run.cpu_model()),
         ("cores", f"{os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})"),
         ("dnsperf", run.version_line(["dnsperf", "-h"], r"^Version")),
         ("nsd", run.version_line(["nsd", "-v"], r"^NSD version")),
