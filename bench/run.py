@@ -613,6 +613,8 @@ NO_RECORDING = "sinkhole (no recording)"
 NO_SPEEDUPS = "sinkhole (no speedups)"
 #: The row of the server with `central` configured, shipping to PostgreSQL.
 CENTRAL = "sinkhole (central)"
+#: The row of one sinkhole process in the allcores scenario.
+ONE_WORKER = "sinkhole (workers: 1)"
 #: The row of the server that switches recording on and off (the `recording` scenario).
 TOGGLE = "sinkhole (recording on/off)"
 
@@ -676,6 +678,14 @@ VARIANTS = [
         note="`central` configured: a fresh database on a throwaway PostgreSQL 15 cluster "
         "(tests/pgtest.py) on loopback per start, the shipper and the policy watcher running",
         central=True,
+    ),
+    # allcores with one process, as before `workers: auto`: what the workers gain.
+    Variant(
+        "sinkhole",
+        ONE_WORKER,
+        ("allcores",),
+        {"privacy": {"clients": "hashed"}, "workers": 1},
+        note="`workers: 1`, unpinned: the baseline of `workers: auto`",
     ),
     Variant("dnsmasq", "dnsmasq", COMPARED),
     Variant("unbound", "unbound", COMPARED),
@@ -1186,7 +1196,9 @@ def target_lines(scenario: str, rows: dict[str, Summary]) -> list[str]:
         lines.append(
             f"- sinkhole (workers: auto)/dnsmasq qps: **{fmt(ratio(sink, dnsmasq))}**; "
             f"sinkhole/unbound (num-threads {os.cpu_count()}) qps: "
-            f"**{fmt(ratio(sink, unbound))}** (reference: dnsperf and nsd share the cores)"
+            f"**{fmt(ratio(sink, unbound))}**; workers: auto / workers: 1: "
+            f"**{fmt(ratio(sink, rows.get(ONE_WORKER)))}** (reference: dnsperf and nsd share "
+            "the cores)"
         )
     return lines
 
