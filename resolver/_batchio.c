@@ -254,6 +254,7 @@ PyDoc_STRVAR(sendmmsg_doc,
 "sendmmsg(fd, family, items, start) -> int\n\n"
 "Send items[start:] (a list of (bytes, address)) on the non-blocking socket\n"
 "`fd` in one system call (at most 1024 of them), and return how many went.\n"
+"An address of None sends to a connected socket's peer, as send() does.\n"
 "When the first of them cannot go, raise OSError as sendto would\n"
 "(BlockingIOError when the send buffer is full); the caller keeps the rest.");
 
@@ -296,7 +297,11 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
             PyErr_SetString(PyExc_TypeError, "items must be (bytes, address) tuples");
             goto done;
         }
-        if (parse_addr(family, PyTuple_GET_ITEM(item, 1), &names[i], &namelen) < 0)
+        if (PyTuple_GET_ITEM(item, 1) == Py_None) {
+            /* A connected socket's peer, as send() sends: no address given. */
+            namelen = 0;
+        }
+        else if (parse_addr(family, PyTuple_GET_ITEM(item, 1), &names[i], &namelen) < 0)
             goto done;
         /* The buffer is held until the call returns: the list may change while the GIL is free. */
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[i], PyBUF_SIMPLE) < 0)
@@ -306,7 +311,7 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
         iov[i].iov_len = (size_t)views[i].len;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_name = namelen ? &names[i] : NULL;
         msgs[i].msg_hdr.msg_namelen = namelen;
     }
 
