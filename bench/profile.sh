@@ -29,8 +29,9 @@ sleep 1.8
 .venv/bin/py-spy record --nonblocking -r 200 -d 3 -f raw -o "$OUT/pyspy.txt" -p "$PID" \
     > "$OUT/pyspy.log" 2>&1 &
 SPY=$!
-perf record -F 499 -g -p "$PID" -o "$OUT/perf.data" -- sleep 2 > "$OUT/perf.log" 2>&1
+# The system calls first, while the run is surely on (a miss run may end early).
 perf stat -e raw_syscalls:sys_enter,task-clock -p "$PID" -o "$OUT/syscalls.txt" -- sleep 1 > /dev/null 2>&1
+perf record -F 499 -g -p "$PID" -o "$OUT/perf.data" -- sleep 2 > "$OUT/perf.log" 2>&1
 wait "$SPY"
 wait "$BENCH"
 echo "server pid $PID; results in $OUT"
