@@ -5,6 +5,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import bisect
+import collections
 import errno
 import heapq
 import itertools
@@ -136,7 +137,12 @@ class _Poller:
         self.current: dict[Upstream, _Socket] = {}
         #: sockets with queries to send at the end of this turn of the loop (`flush`)
         self.outgoing: list[_Socket] = []
-        #: (due, ticket) for every timer set, cancelled ones included until they come due
+        #: (due, ticket) for every timer set, cancelled ones included until they come due:
+        #: a FIFO per retry delay (their due times only grow), a heap for the other delays
+        #: (what is left of a budget)
+        self.lanes: dict[float, collections.deque[tuple[float, int]]] = {
+            d: collections.deque() for d in RETRY_AFTER
+        }
         self.due: list[tuple[float, int]] = []
         #: ticket -> the exchange whose timer it is; cancelling a timer removes it
         self.armed: dict[int, _Exchange] = {}
@@ -180,7 +186,11 @@ class _Poller:
         """Call exchange.step() in `delay` seconds, unless the ticket is cancelled first."""
         ticket = next(self.tickets)
         when = time.monotonic() + delay
-        heapq.heappush(self.due, (when, ticket))
+        lane = self.lanes.get(delay)
+        if lane is not None:
+            lane.append((when, ticket))
+        else:
+            heapq.heappush(self.due, (when, ticket))
         self.armed[ticket] = exchange
         if when < self.wake_at:
             self._wake_at(when)
@@ -205,20 +215,29 @@ class _Poller:
     def _fire(self) -> None:
         self.wakeup = None
         self.wake_at = math.inf
-        due, armed = self.due, self.armed
+        due = self.due
         # Everything due within the grain fires now: one wake-up for many timers.
         now = time.monotonic() + TIMER_GRAIN
+        for lane in self.lanes.values():
+            while lane and lane[0][0] <= now:
+                self._ring(lane.popleft()[1])
         while due and due[0][0] <= now:
-            exchange = armed.pop(heapq.heappop(due)[1], None)
-            if exchange is not None:
-                exchange.timer = 0
-                try:
-                    exchange.step()
-                except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
-                    log.exception("error in the retry timer of %s", exchange.query.name)
-                    self.abort(exchange)
+            self._ring(heapq.heappop(due)[1])
+        fronts = [lane[0][0] for lane in self.lanes.values() if lane]
         if due:
-            self._wake_at(due[0][0])
+            fronts.append(due[0][0])
+        if fronts:
+            self._wake_at(min(fronts))
+
+    def _ring(self, ticket: int) -> None:
+        exchange = self.armed.pop(ticket, None)
+        if exchange is not None:
+            exchange.timer = 0
+            try:
+                exchange.step()
+            except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                log.exception("error in the retry timer of %s", exchange.query.name)
+                self.abort(exchange)
 
 
 _pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
