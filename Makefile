@@ -25,7 +25,7 @@ serve: $(STAMP)
 # gcc and the Python headers are there), then the network-facing files again on the
 # pure-Python datagram loop, so both paths meet the fuzz corpus and the hostile input.
 NETWORK_TESTS := tests/test_hostile.py tests/test_wire.py tests/test_server.py \
-	tests/test_protocol.py tests/test_chain.py tests/test_batchio.py
+	tests/test_protocol.py tests/test_chain.py tests/test_batchio.py tests/test_upstream.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -254,6 +254,7 @@ PyDoc_STRVAR(sendmmsg_doc,
 "sendmmsg(fd, family, items, start) -> int\n\n"
 "Send items[start:] (a list of (bytes, address)) on the non-blocking socket\n"
 "`fd` in one system call (at most 1024 of them), and return how many went.\n"
+"An address of None sends to a connected socket's peer, as send() does.\n"
 "When the first of them cannot go, raise OSError as sendto would\n"
 "(BlockingIOError when the send buffer is full); the caller keeps the rest.");
 
@@ -298,6 +299,12 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
             goto done;
         }
         PyObject *addr = PyTuple_GET_ITEM(item, 1);
+        if (addr == Py_None) {
+            /* A connected socket's peer, as send() sends: no address given. */
+            namelen = 0;
+            last_host = NULL;
+            goto parsed;
+        }
         /* The answers of one wake-up mostly go to one host, whose str recvmmsg shares
            between its datagrams: the same object, the same address; only the port is read. */
         if (family == AF_INET && i > 0 && last_host != NULL && PyTuple_Check(addr) &&
@@ -326,7 +333,7 @@ batchio_sendmmsg(PyObject *Py_UNUSED(module), PyObject *args)
         iov[i].iov_len = (size_t)views[i].len;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_name = namelen ? &names[i] : NULL;
         msgs[i].msg_hdr.msg_namelen = namelen;
     }
 

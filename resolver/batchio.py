@@ -1,4 +1,4 @@
-"""Batched datagram I/O for the UDP listener: the C speedups or the pure-Python loop.
+"""Batched datagram I/O for the UDP listener and the upstream sockets: C speedups or Python.
 
 `recv_batch` reads up to n datagrams waiting on a non-blocking UDP socket and
 `send_batch` sends a list of (bytes, address) from an index; both keep the
@@ -11,6 +11,8 @@ semantics of the system calls they stand for, recvmmsg(2) and sendmmsg(2):
 - `send_batch(sock, items, start)` sends items[start:] in order and returns how
   many went; when the first of them cannot go it raises what `sock.sendto`
   raises (BlockingIOError for a full send buffer), and the caller keeps the rest.
+  An address of None sends to a connected socket's peer, as `sock.send` does
+  (the upstream sockets, resolver/upstream.py).
 
 With `resolver._batchio` (resolver/_batchio.c, built by setup.py when a compiler
 is there) each is one system call per batch; without it, or with
@@ -66,7 +68,10 @@ def _send_batch_py(sock: socket.socket, items: list[tuple[bytes, tuple]], start:
     for i in range(start, len(items)):
         out, addr = items[i]
         try:
-            sendto(out, addr)
+            if addr is None:
+                sock.send(out)
+            else:
+                sendto(out, addr)
         except OSError:
             if not sent:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 from resolver.config import CacheConfig
@@ -82,6 +83,9 @@ class Cache:
         self.config = config
         self.size = config.size
         self.entries: dict[bytes, Entry] = {}
+        #: No entry expires before this (a lower bound): while it is ahead, an eviction
+        #: need not look for expired entries, as in a flood of new names.
+        self.soonest = math.inf
         self.hits = 0
         self.misses = 0
 
@@ -134,7 +138,9 @@ class Cache:
         entries = self.entries
         if len(entries) >= self.size and query.key not in entries:
             self._evict(now)
-        entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
+        entry = entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
+        if entry.expires < self.soonest:
+            self.soonest = entry.expires
 
     def _evict(self, now: float) -> None:
         """Make room for a tenth of the size at once: expired entries first, then the
@@ -142,14 +148,25 @@ class Cache:
 
         One pass over the entries per EVICT_SHARE of the size stored, not one per
         store: a full cache of names that never expire (a flood of new names) would
-        otherwise cost a scan of every entry for each answer it keeps.
+        otherwise cost a scan of every entry for each answer it keeps. No pass at all
+        while no entry can have expired (`soonest`).
         """
         entries = self.entries
         target = self.size - max(1, int(self.size * EVICT_SHARE))
         excess = len(entries) - target
         if excess <= 0:
             return
-        doomed = [k for k, e in entries.items() if e.expires <= now][:excess]
+        doomed: list[bytes] = []
+        if self.soonest <= now:
+            # Some may have expired: one pass takes them and finds the next bound.
+            soonest = math.inf
+            for k, e in entries.items():
+                expires = e.expires
+                if expires <= now and len(doomed) < excess:
+                    doomed.append(k)
+                elif expires < soonest:
+                    soonest = expires
+            self.soonest = soonest
         if len(doomed) < excess:
             gone = set(doomed)
             oldest = (k for k in entries if k not in gone)

@@ -125,7 +125,9 @@ class UdpListener:
     a Python server keep up with a C one on local answers. The datagrams of a
     wake-up are read, and the answers made from them sent, in batches
     (resolver/batchio.py: recvmmsg/sendmmsg with the C speedups, a
-    recvfrom/sendto loop without; the logic here is the same for both).
+    recvfrom/sendto loop without; the logic here is the same for both). Answers
+    that come back from upstreams are batched too: `send` collects those of one
+    turn of the loop and sends them together at its end.
     """
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
@@ -134,6 +136,8 @@ class UdpListener:
         self.loop = asyncio.get_running_loop()
         #: Answers the kernel could not take yet (send buffer full), in order.
         self.backlog: collections.deque[tuple[bytes, tuple]] = collections.deque()
+        #: Answers from upstreams made in this turn of the loop, sent together at its end.
+        self.parked: list[tuple[bytes, tuple]] = []
         self.closed = False
         self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -178,17 +182,19 @@ class UdpListener:
         """A query parked on an upstream: nothing to do, its answer comes to send()."""
 
     def send(self, out: bytes, addr: tuple) -> None:
+        """A parked query's answer: it goes out with the others made in this turn of
+        the loop (the answers read from the upstream sockets in one wake-up), in one
+        send_batch at its end."""
         if self.closed:
             return
-        if not self.backlog:
-            try:
-                self.sock.sendto(out, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                self.loop.add_writer(self.sock.fileno(), self._writable)
-            except OSError:
-                return  # the client's address is unreachable: nothing to do
-        self._hold(out, addr)
+        parked = self.parked
+        parked.append((out, addr))
+        if len(parked) == 1:
+            self.loop.call_soon(self._send_parked)
+
+    def _send_parked(self) -> None:
+        items, self.parked = self.parked, []
+        self.send_many(items)
 
     def send_many(self, items: list[tuple[bytes, tuple]]) -> None:
         """Send the answers of one wake-up, in order, as send() would one by one."""

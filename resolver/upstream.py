@@ -1,10 +1,11 @@
-"""Forwarding to upstream resolvers: UDP with fresh ID and port, TCP on TC, failover, budget."""
+"""Forwarding to upstream resolvers: UDP with random IDs and ports, TCP on TC, failover, budget."""
 
 from __future__ import annotations
 
 import _socket
 import asyncio
 import bisect
+import collections
 import errno
 import heapq
 import itertools
@@ -19,6 +20,7 @@ import weakref
 from collections.abc import Callable
 
 from resolver import wire
+from resolver.batchio import recv_batch, send_batch
 from resolver.config import format_hostport
 from resolver.wire import Answer, Query, Rcode, WireError
 
@@ -34,6 +36,13 @@ BACKOFF_MAX = 60.0
 MAX_UDP_ANSWER = 65_535
 #: Ready upstream sockets handled per wake-up of the poller.
 POLL_BATCH = 256
+#: An upstream socket (`_Socket`) carries at most this many queries, sent within
+#: SOCKET_AGE seconds of its opening; then the next query opens a new one, on a new
+#: random port. It is closed as soon as no query on it waits for an answer.
+SOCKET_QUERIES = 32
+SOCKET_AGE = 1.0
+#: Answers read from one upstream socket per system call (a MAX_UDP_ANSWER buffer each).
+RECV_BATCH = 16
 #: Retry timers due within this many seconds of each other fire in one wake-up.
 TIMER_GRAIN = 0.005
 #: Upper bounds (seconds) of the upstream latency histogram exported on /metrics.
@@ -112,18 +121,28 @@ class _Poller:
     """One epoll set for every upstream socket, watched by the event loop as one fd,
     and the retry timers of every exchange, served by one loop timer.
 
-    A fresh socket per query means registering each with the event loop and
-    removing it again; uvloop makes that a handle allocation each way. Our own
-    epoll set costs one epoll_ctl per socket, and closing a socket drops it
-    from the set by itself. Likewise a loop timer per query (armed, then nearly
-    always cancelled by the answer) costs more than a heap entry and a dict slot.
+    Registering each upstream socket with the event loop and removing it again
+    costs uvloop a handle allocation each way; our own epoll set costs one
+    epoll_ctl per socket, and closing a socket drops it from the set by itself.
+    Likewise a loop timer per query (armed, then nearly always cancelled by the
+    answer) costs more than a heap entry and a dict slot.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.epoll = select.epoll()
-        self.attempts: dict[int, _Attempt] = {}
-        #: (due, ticket) for every timer set, cancelled ones included until they come due
+        #: fd -> every open upstream socket
+        self.sockets: dict[int, _Socket] = {}
+        #: upstream -> the socket its next query goes out on, while it takes new ones
+        self.current: dict[Upstream, _Socket] = {}
+        #: sockets with queries to send at the end of this turn of the loop (`flush`)
+        self.outgoing: list[_Socket] = []
+        #: (due, ticket) for every timer set, cancelled ones included until they come due:
+        #: a FIFO per retry delay (their due times only grow), a heap for the other delays
+        #: (what is left of a budget)
+        self.lanes: dict[float, collections.deque[tuple[float, int]]] = {
+            d: collections.deque() for d in RETRY_AFTER
+        }
         self.due: list[tuple[float, int]] = []
         #: ticket -> the exchange whose timer it is; cancelling a timer removes it
         self.armed: dict[int, _Exchange] = {}
@@ -133,23 +152,45 @@ class _Poller:
         loop.add_reader(self.epoll.fileno(), self.dispatch)
 
     def dispatch(self) -> None:
-        get = self.attempts.get
+        get = self.sockets.get
         for fd, _events in self.epoll.poll(0, POLL_BATCH):
-            attempt = get(fd)
-            if attempt is not None:
-                exchange = attempt.exchange
+            sock = get(fd)
+            if sock is not None:
                 try:
-                    exchange.on_reply(attempt)
-                except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
-                    log.exception("error reading an upstream answer")
-                    attempt.close()
-                    self.abort(exchange)
+                    sock.readable()
+                except Exception:  # noqa: BLE001 - one socket's fault must not stop the others
+                    log.exception("error reading upstream answers")
+                    sock.abort()
+
+    def flush(self) -> None:
+        """Send the queries made in this turn of the loop: one sendmmsg per socket."""
+        outgoing, self.outgoing = self.outgoing, []
+        for sock in outgoing:
+            try:
+                sock.flush()
+            except Exception:  # noqa: BLE001 - one socket's fault must not stop the others
+                log.exception("error sending upstream queries")
+                sock.abort()
+
+    def socket_for(self, upstream: Upstream) -> _Socket:
+        """The socket the next query to `upstream` goes out on (OSError: none could open)."""
+        sock = self.current.get(upstream)
+        if sock is None or sock.uses <= 0 or time.monotonic() >= sock.until:
+            if sock is not None:
+                sock.retire()
+            sock = self.current[upstream] = _Socket(self, upstream)
+        sock.uses -= 1
+        return sock
 
     def arm(self, exchange: _Exchange, delay: float) -> int:
         """Call exchange.step() in `delay` seconds, unless the ticket is cancelled first."""
         ticket = next(self.tickets)
         when = time.monotonic() + delay
-        heapq.heappush(self.due, (when, ticket))
+        lane = self.lanes.get(delay)
+        if lane is not None:
+            lane.append((when, ticket))
+        else:
+            heapq.heappush(self.due, (when, ticket))
         self.armed[ticket] = exchange
         if when < self.wake_at:
             self._wake_at(when)
@@ -174,20 +215,29 @@ class _Poller:
     def _fire(self) -> None:
         self.wakeup = None
         self.wake_at = math.inf
-        due, armed = self.due, self.armed
+        due = self.due
         # Everything due within the grain fires now: one wake-up for many timers.
         now = time.monotonic() + TIMER_GRAIN
+        for lane in self.lanes.values():
+            while lane and lane[0][0] <= now:
+                self._ring(lane.popleft()[1])
         while due and due[0][0] <= now:
-            exchange = armed.pop(heapq.heappop(due)[1], None)
-            if exchange is not None:
-                exchange.timer = 0
-                try:
-                    exchange.step()
-                except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
-                    log.exception("error in the retry timer of %s", exchange.query.name)
-                    self.abort(exchange)
+            self._ring(heapq.heappop(due)[1])
+        fronts = [lane[0][0] for lane in self.lanes.values() if lane]
         if due:
-            self._wake_at(due[0][0])
+            fronts.append(due[0][0])
+        if fronts:
+            self._wake_at(min(fronts))
+
+    def _ring(self, ticket: int) -> None:
+        exchange = self.armed.pop(ticket, None)
+        if exchange is not None:
+            exchange.timer = 0
+            try:
+                exchange.step()
+            except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                log.exception("error in the retry timer of %s", exchange.query.name)
+                self.abort(exchange)
 
 
 _pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -200,44 +250,175 @@ def poller_for(loop: asyncio.AbstractEventLoop) -> _Poller:
     return p
 
 
-class _Attempt:
-    """One UDP query on its own connected socket: a fresh source port the kernel picks."""
+class _Socket:
+    """A connected UDP socket to one upstream, on a random port the kernel picked,
+    carrying the queries sent to that upstream within its first SOCKET_QUERIES
+    queries and SOCKET_AGE seconds (see ARCHITECTURE.md, "Upstream sockets").
 
-    __slots__ = ("sock", "fd", "upstream", "ident", "sent", "poller", "done", "exchange")
+    connect() makes the kernel drop every datagram that is not from the upstream's
+    address and port (RFC 5452 9.1); an answer is then taken only for the ID of a
+    query still waiting on this socket, and only if its question is that query's
+    (`_Exchange.on_reply`). IDs are unique among the waiting queries of a socket.
+    The socket is closed as soon as none waits, so a port is open no longer than
+    its queries' budget after its last new query.
+    """
 
-    def __init__(
-        self, poller: _Poller, upstream: Upstream, packet: bytes, exchange: _Exchange, ident: int
-    ):
-        self.poller = poller
-        self.upstream = upstream
-        self.ident = ident
-        self.exchange = exchange
-        self.done = False
+    __slots__ = ("poller", "upstream", "sock", "fd", "pending", "uses", "until", "outbox")
+
+    def __init__(self, poller: _Poller, upstream: Upstream) -> None:
         # The C-level socket, created non-blocking: one syscall, no Python wrapper.
         sock = _socket.socket(upstream.family, _UDP_NONBLOCK)
         try:
             # connect() picks a random ephemeral port and makes the kernel drop
             # datagrams from any other address or port (RFC 5452 9.1).
             sock.connect((upstream.host, upstream.port))
-            sock.send(packet)
             fd = sock.fileno()
             poller.epoll.register(fd, select.EPOLLIN)
         except OSError:
             sock.close()
             raise
+        self.poller = poller
+        self.upstream = upstream
         self.sock = sock
         self.fd = fd
+        #: query ID -> the attempt waiting for its answer on this socket
+        self.pending: dict[int, _Attempt] = {}
+        self.uses = SOCKET_QUERIES
+        self.until = time.monotonic() + SOCKET_AGE
+        #: attempts whose query goes out at the poller's next flush, in order
+        self.outbox: list[_Attempt] = []
+        poller.sockets[fd] = self
+
+    def send(self, exchange: _Exchange, query: Query) -> _Attempt:
+        """Queue `query` under a fresh random ID; it goes out at the end of this turn of
+        the loop with the others queued meanwhile (`_Poller.flush`)."""
+        pending = self.pending
+        ident = new_id()
+        while ident in pending:
+            ident = new_id()
+        packet = wire.upstream_query(query, ident)
+        attempt = pending[ident] = _Attempt(self, ident, exchange, packet)
+        if not self.outbox:
+            poller = self.poller
+            if not poller.outgoing:
+                poller.loop.call_soon(poller.flush)
+            poller.outgoing.append(self)
+        self.outbox.append(attempt)
+        return attempt
+
+    def flush(self) -> None:
+        attempts = [a for a in self.outbox if not a.done]
+        self.outbox = []
+        items = [(a.packet, None) for a in attempts]
+        sent, total = 0, len(items)
+        while sent < total and self.poller.sockets.get(self.fd) is self:
+            try:
+                sent += send_batch(self.sock, items, sent)
+            except OSError as exc:
+                attempt = attempts[sent]
+                sent += 1
+                if not attempt.done:
+                    self.send_failed(attempt, exc)
+
+    def readable(self) -> None:
+        pending = self.pending
+        try:
+            batch = recv_batch(self.sock, min(len(pending), RECV_BATCH) or 1, MAX_UDP_ANSWER)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # ECONNREFUSED (ICMP port unreachable) and the like: the upstream, the one
+            # peer of this socket, is not there. Every query on it moves on at once.
+            self.refused()
+            return
+        for data, _addr in batch:
+            if len(data) < 2:
+                continue
+            attempt = pending.get(data[0] << 8 | data[1])
+            if attempt is None:
+                continue  # no query of ours waits for this ID here: ignored (RFC 5452)
+            exchange = attempt.exchange
+            try:
+                exchange.on_reply(attempt, data)
+            except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                log.exception("error reading an upstream answer")
+                attempt.close()
+                self.poller.abort(exchange)
+
+    def send_failed(self, attempt: _Attempt, exc: OSError) -> None:
+        """A query could not go: its exchange moves on, and this socket takes no new
+        query. ECONNREFUSED at a send is the ICMP error of an earlier query: the
+        upstream is not there for any of them."""
+        self.retire()
+        if exc.errno == errno.ECONNREFUSED:
+            self.refused()
+            return
+        exchange = attempt.exchange
+        attempt.close()
+        exchange.unsent(attempt.upstream, exc)
+
+    def refused(self) -> None:
+        self.retire()
+        for attempt in list(self.pending.values()):
+            exchange = attempt.exchange
+            attempt.close()
+            try:
+                exchange.refused(attempt)
+            except Exception:  # noqa: BLE001 - one exchange's fault must not stop the others
+                log.exception("error failing over from %s", self.upstream)
+                self.poller.abort(exchange)
+        self.close()
+
+    def abort(self) -> None:
+        """After an unexpected error: end every exchange waiting here with no answer."""
+        for attempt in list(self.pending.values()):
+            exchange = attempt.exchange
+            attempt.close()
+            self.poller.abort(exchange)
+        self.close()
+
+    def retire(self) -> None:
+        """Take no new query (the ones waiting still get their answers)."""
+        self.uses = 0
+        if self.poller.current.get(self.upstream) is self:
+            del self.poller.current[self.upstream]
+
+    def release(self, attempt: _Attempt) -> None:
+        pending = self.pending
+        if pending.get(attempt.ident) is attempt:
+            del pending[attempt.ident]
+            if not pending:
+                self.close()
+
+    def close(self) -> None:
+        poller = self.poller
+        if poller.sockets.get(self.fd) is self:
+            del poller.sockets[self.fd]
+            if poller.current.get(self.upstream) is self:
+                del poller.current[self.upstream]
+            self.sock.close()  # also leaves the epoll set
+
+
+class _Attempt:
+    """One query sent on an upstream socket, under its own ID, waiting for its answer."""
+
+    __slots__ = ("socket", "upstream", "ident", "packet", "sent", "done", "exchange")
+
+    def __init__(self, sock: _Socket, ident: int, exchange: _Exchange, packet: bytes) -> None:
+        self.socket = sock
+        self.upstream = sock.upstream
+        self.ident = ident
+        self.packet = packet
+        self.exchange = exchange
+        self.done = False
         self.sent = time.monotonic()
-        poller.attempts[fd] = self
 
     def close(self) -> None:
         if not self.done:
             self.done = True
-            if self.poller.attempts.get(self.fd) is self:
-                del self.poller.attempts[self.fd]
-            self.sock.close()  # also leaves the epoll set
             # The exchange holds us too: a cycle left to the GC otherwise.
             self.exchange = None
+            self.socket.release(self)
 
 
 class _Exchange:
@@ -340,33 +521,34 @@ class _Exchange:
         self.timer = poller.arm(self, delay)
 
     def _send(self, upstream: Upstream) -> bool:
-        ident = new_id()
-        packet = wire.upstream_query(self.query, ident)
         try:
-            self.attempts.append(_Attempt(self.poller, upstream, packet, self, ident))
-            return True
+            sock = self.poller.socket_for(upstream)
         except OSError as exc:
-            log.debug("cannot send to %s: %s", upstream, exc)
-            if exc.errno not in LOCAL_ERRNOS:
-                # Out of descriptors is our problem: it must not mark a healthy upstream down.
-                upstream.failed()
-            self._exclude(upstream)
+            self._unsendable(upstream, exc)
             return False
+        self.attempts.append(sock.send(self, self.query))
+        return True
 
-    def on_reply(self, attempt: _Attempt) -> None:
-        try:
-            data = attempt.sock.recv(MAX_UDP_ANSWER)
-        except BlockingIOError:
-            return
-        except OSError:
-            # ECONNREFUSED (ICMP port unreachable): this upstream is closed; move on at once.
-            attempt.close()
-            attempt.upstream.failed()
-            self._exclude(attempt.upstream)
-            self.step()
-            return
-        if len(data) < 2 or (data[0] << 8 | data[1]) != attempt.ident:
-            return  # not ours: keep waiting for the real answer (RFC 5452)
+    def _unsendable(self, upstream: Upstream, exc: OSError) -> None:
+        log.debug("cannot send to %s: %s", upstream, exc)
+        if exc.errno not in LOCAL_ERRNOS:
+            # Out of descriptors is our problem: it must not mark a healthy upstream down.
+            upstream.failed()
+        self._exclude(upstream)
+
+    def unsent(self, upstream: Upstream, exc: OSError) -> None:
+        """A queued query could not go out (`_Socket.flush`): move on at once."""
+        self._unsendable(upstream, exc)
+        self.step()
+
+    def refused(self, attempt: _Attempt) -> None:
+        """The attempt's upstream is closed (ICMP port unreachable): move on at once."""
+        attempt.upstream.failed()
+        self._exclude(attempt.upstream)
+        self.step()
+
+    def on_reply(self, attempt: _Attempt, data: bytes) -> None:
+        """A datagram with the attempt's ID, from its upstream's address and port."""
         try:
             answer = wire.scan_answer(data, self.query)
         except WireError:

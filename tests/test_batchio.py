@@ -263,6 +263,35 @@ def test_one_host_object_with_many_ports_reaches_each_port(impl):
             s.close()
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_no_address_sends_to_a_connected_sockets_peer(impl, family):
+    peer, other, sender = udp(family), udp(family), udp(family)
+    try:
+        sender.connect(peer.getsockname())
+        items = [(b"c%02d" % i, None) for i in range(20)]
+        items.insert(10, (b"elsewhere", other.getsockname()))  # an address still wins
+        sent = 0
+        while sent < len(items):
+            sent += impl.send(sender, items, sent)
+        got = recv_all(PyImpl(), peer, 20)
+        assert [d for d, _ in got] == [b"c%02d" % i for i in range(20)]
+        assert {addr[:2] for _, addr in got} == {sender.getsockname()[:2]}
+        assert [d for d, _ in recv_all(PyImpl(), other, 1)] == [b"elsewhere"]
+    finally:
+        for s in (peer, other, sender):
+            s.close()
+
+
+def test_an_unconnected_socket_cannot_send_without_an_address(impl):
+    sender = udp()
+    try:
+        with pytest.raises(OSError) as caught:
+            impl.send(sender, [(b"x", None)], 0)
+        assert caught.value.errno in (errno.EDESTADDRREQ, errno.ENOTCONN)
+    finally:
+        sender.close()
+
+
 def test_an_unreachable_address_fails_alone(impl):
     good, sender = udp(), udp()
     try:

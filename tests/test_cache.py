@@ -178,6 +178,28 @@ def test_full_cache_frees_a_tenth_at_once_expired_entries_first():
     assert fresh(cache, "last.example.test", 1022.0)
 
 
+def test_entries_that_expire_after_a_pass_that_found_none_still_go_first():
+    # A pass that finds nothing expired is skipped while no entry can have expired;
+    # an entry stored since with a shorter TTL must still be found when it has.
+    cache = Cache(CacheConfig(size=100))
+    for i in range(100):
+        put(cache, f"long{i}.example.test", 300, 1000.0)
+    put(cache, "trigger.example.test", 300, 1010.0)  # nothing expired: the oldest go
+    assert len(cache) == 91
+    assert not fresh(cache, "long0.example.test", 1010.0)
+    for i in range(9):
+        put(cache, f"short{i}.example.test", 5, 1011.0)
+    assert len(cache) == 100
+    # The short ones have expired by now: the nine go first, then the oldest long one.
+    put(cache, "late.example.test", 300, 1020.0)
+    assert len(cache) == 91
+    assert [n for n in range(9) if cache.get_stale(make(f"short{n}.example.test")[1], 1020.0)] == []
+    assert [i for i in range(100) if fresh(cache, f"long{i}.example.test", 1020.0)] == list(
+        range(11, 100)
+    )
+    assert fresh(cache, "late.example.test", 1020.0)
+
+
 def test_prefetch_wanted_for_popular_entry_near_expiry():
     cache = Cache(CacheConfig())
     dq, q = make("pop.example.test")
