@@ -301,9 +301,11 @@ def build_report_for(
     top: int = 10,
     lang: str | None = None,
     sites: Iterable[str] = (),
+    per_site: bool = True,
 ) -> dict[str, Any]:
     """`sinkhole report`'s dict (and the dashboard's): this site's database, or with
-    `central` every site's record (or SITES) in the central store.
+    `central` every site's record (or SITES) in the central store, with each site's own
+    figures unless not PER_SITE.
 
     Raises:
         SinkholeError: --site without a central store, or the store cannot be read.
@@ -332,7 +334,13 @@ def build_report_for(
         from resolver.central.report import central_report
 
         return central_report(
-            config.central, build, int(start.timestamp()), int(end.timestamp()), sites, tz=tz
+            config.central,
+            build,
+            int(start.timestamp()),
+            int(end.timestamp()),
+            sites,
+            tz=tz,
+            per_site=per_site,
         )
     from resolver.store import Store
 

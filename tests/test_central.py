@@ -1044,3 +1044,70 @@ def test_m003_builds_the_rollups_of_a_database_that_holds_hits(
         assert schema.migrate(conn) == (2, SCHEMA_VERSION)
     _assert_same(central_dsn, tmp_path, periods=PERIODS[:3])
     _assert_same(central_dsn, tmp_path, ("dns1", "dns2"), periods=PERIODS[1:2])
+
+
+def _counter(page: str, ident: str) -> int:
+    import re
+
+    m = re.search(rf'id="{ident}"><span class="n">([\d,\u202f\u00a0]+)</span>', page)
+    assert m, page[:2000]
+    return int(re.sub(r"\D", "", m.group(1)))
+
+
+def test_overview_with_central_counts_every_site_and_a_new_hit_at_once(
+    dashboard, central_dsn: str, tmp_path: Path
+) -> None:
+    from resolver.config import parse_config
+    from resolver.web.data import central_hourly_trend
+    from tests.test_web_api import ADMIN, login
+
+    _migrated(central_dsn)
+    now = int(time.time())
+    for k, site in enumerate(("dns1", "dns2")):
+        db = tmp_path / f"{site}.db"
+        # Two clients per site, lookups 10 minutes apart: each one an attempt.
+        _local(db, [_hit(now - 60 - 600 * i, client=f"10.0.{k}.{i % 2}") for i in range(5)])
+        ship_all(CentralConfig(dsn=central_dsn, site=site), str(db))
+    web = dashboard({"central": {"dsn": central_dsn, "site": "web"}}, start=False)
+    web.add_user(ADMIN[0], "admin", ADMIN[1])
+    web.start()
+    with login(web, ADMIN) as c:
+        import re
+
+        def report_of(since: str) -> dict:
+            return c.get("/api/report", params={"since": since}).json()
+
+        def midnight() -> str:
+            from zoneinfo import ZoneInfo
+
+            day = datetime.datetime.now(ZoneInfo("Europe/Paris")).date()
+            return datetime.datetime.combine(
+                day, datetime.time(), ZoneInfo("Europe/Paris")
+            ).isoformat()
+
+        def week_since() -> str:
+            page = c.get("/", params={"range": "week"}).text
+            return re.search(r'data-since="([^"]+)"', page).group(1)
+
+        for range_ in ("week", "24h", "30d"):
+            page = c.get("/", params={"range": range_}).text
+            week = report_of(week_since())
+            today = report_of(midnight())
+            assert _counter(page, "week-attempts") == week["totals"]["attempts"]
+            assert _counter(page, "today-attempts") == today["totals"]["attempts"]
+            assert _counter(page, "today-attempts") > 0
+        before = _counter(c.get("/").text, "week-attempts")
+        # A hit shipped now is on the next page, cached or not.
+        db = tmp_path / "dns2.db"
+        _local(db, [_hit(now - 5, client="10.9.9.9", n=3)])
+        ship_all(CentralConfig(dsn=central_dsn, site="dns2"), str(db))
+        page = c.get("/").text
+        assert _counter(page, "week-attempts") == before + 1
+        assert _counter(page, "today-attempts") == report_of(midnight())["totals"]["attempts"]
+    # The 24-hour trend counts every site's hits.
+    config = parse_config(
+        {"database": str(tmp_path / "x.db"), "central": {"dsn": central_dsn, "site": "t"}}
+    )
+    bars = central_hourly_trend(config, now - 23 * 3600, now + 1)
+    assert sum(b["blocked"] for b in bars) == 13
+    assert sum(b["attempts"] for b in bars) == 11

@@ -113,6 +113,8 @@ class Web:
         self.closing = False
         self.clients_shown = config.privacy.clients in ("ip", "hashed")
         self.groups_shown = config.privacy.clients != "none"
+        #: With `central`: the overview's reports while nothing was shipped since.
+        self.overview_cache = data.OverviewCache()
 
     def _env(self, lang: str) -> jinja2.Environment:
         env = jinja2.Environment(
@@ -424,18 +426,46 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     periods = {"chosen": (start, end), "today": data.today_bounds(web.tz)}
     if key != "week":
         periods["week"] = data.range_bounds("week", web.tz)
-    # Each report has its own connection, and SQLite lets go of the GIL while it reads: on
-    # two cores the page takes as long as its longest report, not their sum.
-    futures = {
-        name: REPORT_POOL.submit(data.report_for, web.config, web.catalog, a, b, lang)
-        for name, (a, b) in periods.items()
-    }
-    reports = {name: f.result() for name, f in futures.items()}
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    config = web.config
+    if config.central is not None:
+        # With `central`: the sites' table and the hourly trend are read beside the
+        # reports, and the reports are kept while nothing was shipped (OverviewCache).
+        sites = REPORT_POOL.submit(data.sites_overview, config)
+        bars = (
+            REPORT_POOL.submit(data.central_hourly_trend, config, t0, t1) if key == "24h" else None
+        )
+        version = data.central_version(config)
+        cache_key = (
+            lang,
+            tuple(sorted((n, int(a.timestamp())) for n, (a, _) in periods.items())),
+            version,
+        )
+        reports = web.overview_cache.get(cache_key) if version is not None else None
+        if reports is None:
+            futures = {
+                name: REPORT_POOL.submit(data.report_for, config, web.catalog, a, b, lang, False)
+                for name, (a, b) in periods.items()
+            }
+            reports = {name: f.result() for name, f in futures.items()}
+            if version is not None and not any("central_error" in r for r in reports.values()):
+                web.overview_cache.put(cache_key, reports)
+        central = sites.result()
+        hours = bars.result() if bars is not None else None
+    else:
+        # Each report has its own connection, and SQLite lets go of the GIL while it
+        # reads: on two cores the page takes as long as its longest report, not their sum.
+        futures = {
+            name: REPORT_POOL.submit(data.report_for, config, web.catalog, a, b, lang)
+            for name, (a, b) in periods.items()
+        }
+        reports = {name: f.result() for name, f in futures.items()}
+        central = None
+        hours = data.hourly_trend(config.database, t0, t1) if key == "24h" else None
     chosen, today = reports["chosen"], reports["today"]
     week = reports.get("week", chosen)
-    if key == "24h":
-        bars = data.hourly_trend(web.config.database, int(start.timestamp()), int(end.timestamp()))
-        trend = charts.hours_svg(bars, web.tz, lang)
+    if hours is not None:
+        trend = charts.hours_svg(hours, web.tz, lang)
     else:
         trend = charts.days_svg(chosen["days"], lang)
     return {
@@ -448,7 +478,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
         "report": chosen,
         "trend_svg": trend,
         "services_svg": charts.services_svg(chosen["services"][:10], lang),
-        "central": data.sites_overview(web.config),
+        "central": central,
     }
 
 

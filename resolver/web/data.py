@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -31,14 +32,20 @@ HIT_COLUMNS = "id, ts, client, client_group, qname, qtype, service, category, ru
 
 
 def report_for(
-    config: Config, catalog: Catalog, start: datetime, end: datetime, lang: str = "en"
+    config: Config,
+    catalog: Catalog,
+    start: datetime,
+    end: datetime,
+    lang: str = "en",
+    per_site: bool = True,
 ) -> dict:
     """The report's dict for [start, end), exactly as `sinkhole report --format json
-    --lang LANG`: this site's, or with `central` every site's. While the central store
-    cannot be read, this site's own record, with `central_error` saying why."""
+    --lang LANG`: this site's, or with `central` every site's (without each site's own
+    figures unless PER_SITE: the overview lists the sites from `sites_overview`). While
+    the central store cannot be read, this site's own record, with `central_error`."""
     tz = site_timezone(config)
     try:
-        return build_report_for(config, catalog, start, end, tz=tz, lang=lang)
+        return build_report_for(config, catalog, start, end, tz=tz, lang=lang, per_site=per_site)
     except SinkholeError as exc:
         if config.central is None:
             raise
@@ -46,6 +53,82 @@ def report_for(
         report = build_report_for(local, catalog, start, end, tz=tz, lang=lang)
         report["central_error"] = str(exc)
         return report
+
+
+#: With `central`: the overview's reports are kept while no site has shipped anything
+#: since (each site's `shipped_hits` and `last_shipped`, in the shipping transaction) and
+#: for at most this long (their period ends now; the gaps move with the clock).
+OVERVIEW_CACHE_SECONDS = 60
+
+
+def central_version(config: Config) -> tuple | None:
+    """What the central store's figures depend on and shipping changes: each site's hits
+    shipped and last shipping; None while it cannot be read."""
+    from resolver.central import connect, psycopg
+
+    assert config.central is not None
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            return tuple(
+                conn.execute(
+                    "SELECT site, shipped_hits, last_shipped, first_start FROM sites ORDER BY site"
+                ).fetchall()
+            )
+    except (pg.Error, SinkholeError):
+        return None
+
+
+class OverviewCache:
+    """The overview's reports by (language, period starts, `central_version`), each kept
+    OVERVIEW_CACHE_SECONDS at most: a hit shipped since changes the version, so a page
+    never shows figures older than the central store's."""
+
+    def __init__(self, seconds: float = OVERVIEW_CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple[float, dict[str, dict]]] = {}
+
+    def get(self, key: tuple) -> dict[str, dict] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or time.monotonic() - entry[0] > self.seconds:
+                return None
+            return entry[1]
+
+    def put(self, key: tuple, reports: dict[str, dict]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for k in [k for k, (t, _) in self._entries.items() if now - t > self.seconds]:
+                del self._entries[k]
+            self._entries[key] = (now, reports)
+
+
+def central_hourly_trend(config: Config, start: int, end: int) -> list[dict[str, Any]]:
+    """`hourly_trend` of every site together, from the central rollups: blocked queries
+    summed over the sites, attempts with the rule applied across them (the rows of all
+    sites, `'*'`, of `hits_hour_client`); this site's own while PostgreSQL is away."""
+    from resolver.central import connect, psycopg
+    from resolver.central.report import report_session
+    from resolver.central.rollups import ALL
+
+    assert config.central is not None
+    first, last = start // HOUR_SECONDS, (end - 1) // HOUR_SECONDS
+    pg = psycopg()
+    try:
+        with connect(config.central) as conn:
+            report_session(conn)
+            rows = {
+                int(h) // HOUR_SECONDS: (int(b), int(a))
+                for h, b, a in conn.execute(
+                    "SELECT hour, SUM(blocked), SUM(attempts) FROM hits_hour_client "
+                    "WHERE site = %s AND hour >= %s AND hour < %s AND cat <> %s GROUP BY hour",
+                    (ALL, first * HOUR_SECONDS, (last + 1) * HOUR_SECONDS, rpt.BYPASS_CATEGORY),
+                )
+            }
+    except (pg.Error, SinkholeError):
+        return hourly_trend(config.database, start, end)
+    return _hour_bars(rows, first, last)
 
 
 def sites_overview(config: Config, now: float | None = None) -> dict[str, Any] | None:
@@ -110,6 +193,10 @@ def hourly_trend(db_path: str, start: int, end: int) -> list[dict[str, Any]]:
         )
     finally:
         conn.close()
+    return _hour_bars(rows, first, last)
+
+
+def _hour_bars(rows: dict[int, tuple[int, int]], first: int, last: int) -> list[dict[str, Any]]:
     return [
         {
             "start": h * HOUR_SECONDS,
