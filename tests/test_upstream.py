@@ -25,33 +25,25 @@ from dnslib import QTYPE, RR, A, DNSQuestion, DNSRecord
 from resolver.upstream import SOCKET_AGE, SOCKET_QUERIES
 from tests.conftest import hostport, query
 from tests.dnstest.daemons import free_port
+from tests.test_faults import UdpPeer
 
 BLOCKED = "chatgpt.com"
 REAL = "192.0.2.80"
 FORGED = "6.6.6.6"
 
 
-class Recorder:
+class Recorder(UdpPeer):
     """An upstream that notes (source port, ID, name) of every query and answers it
     with REAL, at once or, for names given in `hold`, when the test releases it."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
         self.lock = threading.Lock()
         self.seen: list[tuple[int, int, str]] = []
         self.held: dict[str, tuple[DNSRecord, tuple[str, int]]] = {}
         self.hold: set[str] = set()
         #: called (under no lock) with the held queries once all of `hold` arrived
         self.on_held = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()
+        super().__init__()  # starts the thread: the state above must be there first
 
     def answer(self, request: DNSRecord, address: str = REAL, **kw) -> bytes:
         reply = request.reply()
@@ -64,34 +56,22 @@ class Recorder:
         reply.add_answer(RR(name, QTYPE.A, ttl=300, rdata=A(address)))
         return reply.pack()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
+    def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = DNSRecord.parse(data)
+        name = str(request.q.qname).rstrip(".").lower()
+        with self.lock:
+            self.seen.append((addr[1], request.header.id, name))
+            if name not in self.hold:
+                self.sock.sendto(self.answer(request), addr)
                 return
-            request = DNSRecord.parse(data)
-            name = str(request.q.qname).rstrip(".").lower()
-            with self.lock:
-                self.seen.append((addr[1], request.header.id, name))
-                if name not in self.hold:
-                    self.sock.sendto(self.answer(request), addr)
-                    continue
-                self.held[name] = (request, addr)
-                ready = set(self.held) == self.hold
-            if ready and self.on_held is not None:
-                self.on_held(dict(self.held))
+            self.held[name] = (request, addr)
+            ready = set(self.held) == self.hold
+        if ready and self.on_held is not None:
+            self.on_held(dict(self.held))
 
     def ports(self, names: set[str] | None = None) -> list[int]:
         with self.lock:
             return [port for port, _, name in self.seen if names is None or name in names]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture
