@@ -237,7 +237,6 @@ class Blocker:
 
     def __init__(self, policy: Policy, recorder: Any, blocked_by: dict[str, int]) -> None:
         self.policy = policy
-        self.recorder = recorder
         #: The recorder's `hit(client, verdict)`, fetched once: one call per blocked query.
         self.hit = recorder.hit if recorder is not None else None
         #: blocked queries per service id (or category), shared with the resolver's stats
