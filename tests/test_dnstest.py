@@ -627,6 +627,38 @@ def test_sinkhole_process_reports_a_silent_server(tmp_path: Path) -> None:
     assert pid_gone(proc.pid)
 
 
+def test_sinkhole_process_takes_no_query_for_an_answer(tmp_path: Path) -> None:
+    # A probe that connect() autobinds to the server's own (still free) port sends to
+    # itself and reads its query back: that is not a server answering.
+    proc = _fake(tmp_path, "--echo")
+    with pytest.raises(SinkholeStartError, match="no DNS answer"):
+        proc.start(timeout=1)
+    assert pid_gone(proc.pid)
+
+
+def test_sinkhole_process_moves_to_a_new_port_when_its_port_was_taken(tmp_path: Path) -> None:
+    marker = tmp_path / "first-port"
+    proc = _fake(tmp_path, "--in-use-once", str(marker))
+    with proc:
+        first = int(marker.read_text())
+        assert proc.address[1] != first
+        response = ask(proc.address, "chatgpt.com", "A", payload=None)
+        assert {r for _, _, r in rdata_texts(response)} == {"0.0.0.0"}
+
+
+def test_sinkhole_process_keeps_a_given_port_that_is_taken(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _fake(
+        tmp_path,
+        "--in-use-once",
+        str(tmp_path / "first-port"),
+        config={"listen": [f"127.0.0.1:{port}"], "upstreams": ["127.0.0.1:1"]},
+    )
+    with pytest.raises(SinkholeStartError, match="address already in use"):
+        proc.start()
+    assert proc.address == ("127.0.0.1", port)
+
+
 def test_sinkhole_process_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
     proc = _fake(tmp_path, "--ignore-term").start()
     assert proc.stop(timeout=0.5) == -signal.SIGKILL

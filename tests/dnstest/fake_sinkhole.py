@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import yaml
@@ -21,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-early", type=int, default=None, help="exit with this code")
     parser.add_argument("--ignore-term", action="store_true", help="survive SIGTERM")
     parser.add_argument("--never-listen", action="store_true", help="run but never answer")
+    parser.add_argument("--echo", action="store_true", help="send each query back unchanged")
+    parser.add_argument(
+        "--in-use-once",
+        metavar="FILE",
+        help="the first start (FILE absent) exits as a server whose port was taken",
+    )
     opts = parser.parse_args(argv)
     with open(opts.config) as f:
         config = yaml.safe_load(f)
@@ -28,6 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     if opts.exit_early is not None:
         print("fatal: told to exit early", file=sys.stderr, flush=True)
         return opts.exit_early
+    host, _, port = config["listen"][0].rpartition(":")
+    if opts.in_use_once and not Path(opts.in_use_once).exists():
+        Path(opts.in_use_once).write_text(port)
+        print(
+            f"sinkhole: cannot listen on udp {host}:{port}: address already in use "
+            "(another server running?)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     stopping = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -43,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping:
             time.sleep(0.1)
         return 0
-    host, _, port = config["listen"][0].rpartition(":")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((host.strip("[]"), int(port)))
         sock.settimeout(0.1)  # wake up to see a SIGTERM
@@ -51,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 data, addr = sock.recvfrom(65535)
             except (TimeoutError, InterruptedError):
+                continue
+            if opts.echo:  # what a probe that autobound to this port would read back
+                sock.sendto(data, addr)
                 continue
             request = DNSRecord.parse(data)
             reply = request.reply()

@@ -30,6 +30,24 @@ class SinkholeStartError(RuntimeError):
     """The server under test exited early or never answered; the message holds its stderr."""
 
 
+def probe_socket(family: int, host: str, port: int) -> socket.socket:
+    """A UDP socket connected to (host, port) from any port but that one.
+
+    Before the server has bound its port, that port is free, and connect() may
+    autobind the probe to it (about once in 28,000 starts here): the probe then
+    sends to itself and reads its own query back, while the server cannot bind
+    and exits. Bind first, to a port the kernel picks, and never to the server's.
+    """
+    for _ in range(20):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        if sock.getsockname()[1] != port:
+            sock.connect((host, port))
+            return sock
+        sock.close()
+    raise OSError(f"no probe port other than {port} on {host}")
+
+
 def parse_listen(spec: str) -> tuple[str, int]:
     """'127.0.0.1:1053' or '[::1]:1053' -> (host, port)."""
     host, _, port = spec.rpartition(":")
@@ -50,6 +68,8 @@ class SinkholeProcess:
     ) -> None:
         self.tmp_path = Path(tmp_path)
         self.config: dict[str, Any] = dict(config)
+        #: the listen port is ours to change if another socket takes it before the server binds
+        self.port_chosen_here = "listen" not in self.config
         self.config.setdefault("listen", [f"127.0.0.1:{free_port()}"])
         self.config.setdefault("database", str(self.tmp_path / "sinkhole.db"))
         self.config.setdefault("metrics_listen", "")
@@ -98,7 +118,23 @@ class SinkholeProcess:
         return environ
 
     def start(self, timeout: float = START_TIMEOUT) -> SinkholeProcess:
-        """Write the config, start the server and wait until it answers a UDP query."""
+        """Write the config, start the server and wait until it answers a UDP query.
+
+        A port that free_port() chose can be taken by another socket before the
+        server binds it (the kernel hands it out as an ephemeral port): then the
+        server is started again on a new one, at most twice.
+        """
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except SinkholeStartError as exc:
+                if not (self.port_chosen_here and attempt < 2 and "in use" in str(exc)):
+                    raise
+                self.process = None
+                self.config["listen"] = [f"127.0.0.1:{free_port()}"]
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> SinkholeProcess:
         if self.process is not None:
             raise RuntimeError("sinkhole already started")
         self.tmp_path.mkdir(parents=True, exist_ok=True)
@@ -128,8 +164,7 @@ class SinkholeProcess:
         sent: set[int] = set()
         # One socket for all probes: a slow answer (e.g. SERVFAIL after an upstream
         # timeout) to an early probe still counts.
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((host, port))
+        with probe_socket(family, host, port) as sock:
             while True:
                 if self.process.poll() is not None:
                     raise SinkholeStartError(
@@ -152,7 +187,12 @@ class SinkholeProcess:
                 try:
                     while True:
                         data = sock.recv(65535)
-                        if len(data) >= 12 and int.from_bytes(data[:2], "big") in sent:
+                        # QR set: an answer, never our own query come back to us.
+                        if (
+                            len(data) >= 12
+                            and data[2] & 0x80
+                            and int.from_bytes(data[:2], "big") in sent
+                        ):
                             return
                 except (TimeoutError, ConnectionRefusedError):
                     continue
