@@ -55,10 +55,30 @@ def free_port(host: str = "127.0.0.1", below: tuple[int, int] | None = None) -> 
     raise OSError(f"no port free for UDP and TCP on {host}")
 
 
+def probe_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket to probe (host, port) from, bound to any port but that one.
+
+    Before a server has bound its port, that port is free, and a socket that
+    sends to it unbound may be autobound to it by the kernel (seen here once in
+    7,574 tries): it then reads its own query back while the server cannot bind
+    and exits. Bind first, to a port the kernel picks, and never to the server's.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(20):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        if sock.getsockname()[1] != port:
+            return sock
+        sock.close()
+    raise OSError(f"no probe port other than {port} on {host}")
+
+
 def probe(address: tuple[str, int], qname: str = ".", qtype: str = "SOA") -> dns.message.Message:
     """One UDP query; any parseable answer, whatever its rcode, proves the server is up."""
     query = dns.message.make_query(qname, qtype)
-    return dns.query.udp(query, address[0], port=address[1], timeout=PROBE_TIMEOUT)
+    with probe_socket(*address) as sock:
+        sock.setblocking(False)  # dnspython waits on a socket it is handed with its own timeout
+        return dns.query.udp(query, address[0], port=address[1], timeout=PROBE_TIMEOUT, sock=sock)
 
 
 def wait_for_dns(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 import dns.message
 import yaml
 
-from .daemons import free_port, stop_by_pid
+from .daemons import free_port, probe_socket, stop_by_pid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
@@ -28,24 +27,6 @@ SERVE_COMMAND = (sys.executable, "-m", "resolver", "serve")
 
 class SinkholeStartError(RuntimeError):
     """The server under test exited early or never answered; the message holds its stderr."""
-
-
-def probe_socket(family: int, host: str, port: int) -> socket.socket:
-    """A UDP socket connected to (host, port) from any port but that one.
-
-    Before the server has bound its port, that port is free, and connect() may
-    autobind the probe to it (about once in 28,000 starts here): the probe then
-    sends to itself and reads its own query back, while the server cannot bind
-    and exits. Bind first, to a port the kernel picks, and never to the server's.
-    """
-    for _ in range(20):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind((host, 0))
-        if sock.getsockname()[1] != port:
-            sock.connect((host, port))
-            return sock
-        sock.close()
-    raise OSError(f"no probe port other than {port} on {host}")
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -159,12 +140,12 @@ class SinkholeProcess:
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
         host, port = self.address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         deadline = time.monotonic() + timeout
         sent: set[int] = set()
         # One socket for all probes: a slow answer (e.g. SERVFAIL after an upstream
         # timeout) to an early probe still counts.
-        with probe_socket(family, host, port) as sock:
+        with probe_socket(host, port) as sock:
+            sock.connect((host, port))
             while True:
                 if self.process.poll() is not None:
                     raise SinkholeStartError(
