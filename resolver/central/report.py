@@ -12,14 +12,16 @@ and its gaps (down, behind on shipping) in the period.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from resolver.central import CentralError, connect, first_line, psycopg, rollups
 from resolver.central.schema import require_schema
 from resolver.config import CentralConfig
-from resolver.report.queries import BYPASS_CATEGORY, GAP_NOT_SHIPPED
+from resolver.report.queries import BYPASS_CATEGORY, GAP_NOT_SHIPPED, SECTIONS
 from resolver.store.rollups import HOUR_SECONDS as HOUR
 from resolver.store.rollups import ROLLUP_SECONDS
 
@@ -135,22 +137,55 @@ class _Read:
         return {"scope": self.scope, "sites": self.sites}
 
 
-def materialize(conn, path: str, read: _Read) -> None:
+_EMPTY_LOCK = threading.Lock()
+_EMPTY: list[bytes] = []
+
+
+def _empty_report_db() -> bytes:
+    """A new database of this version (`Store`) without its triggers, as bytes: the
+    report file's start. Its rows are written as they are, no trigger adds them up.
+    Made once per process (migrating a new file takes tens of milliseconds)."""
+    from resolver.store import Store
+
+    with _EMPTY_LOCK:
+        if not _EMPTY:
+            with tempfile.TemporaryDirectory(prefix="sinkhole-central-") as tmp:
+                path = os.path.join(tmp, "empty.db")
+                Store(path).close()
+                local = sqlite3.connect(path, isolation_level=None)
+                try:
+                    for (name,) in local.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                    ).fetchall():
+                        local.execute(f"DROP TRIGGER {name}")
+                    local.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    local.close()
+                with open(path, "rb") as f:
+                    _EMPTY.append(f.read())
+        return _EMPTY[0]
+
+
+def materialize(conn, path: str, read: _Read, sections: Collection[str] | None = None) -> None:
     """Write what the one-site report reads of the chosen sites over the period into a
     new SQLite report database at PATH: the rollups of its hours summed to the rows its
     queries group by (each at an hour they read), the hits it reads (edges, cut hours,
-    the first and last lookup), the attempts of the cut hours and the traffic."""
+    the first and last lookup), the attempts of the cut hours and the traffic. With
+    SECTIONS (those of `build_report` the report will be asked for), what no section of
+    them reads is left out: the names' rollup, the first and last lookup."""
     from resolver.report.periods import day_case
-    from resolver.store import Store
-    from resolver.store.db import connect as sqlite_connect
     from resolver.store.rollups import INSERT_HITS
 
-    Store(path).close()
-    local = sqlite_connect(path)
+    wanted = SECTIONS if sections is None else frozenset(sections)
+
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_empty_report_db())
+    # A throwaway file, read once by the report: no journal, no sync.
+    local = sqlite3.connect(path, isolation_level=None)
     try:
-        # A throwaway file: its rows are written as they are, no trigger adds them up.
-        for (name,) in local.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-            local.execute(f"DROP TRIGGER {name}")
+        local.execute("PRAGMA journal_mode=OFF")
+        local.execute("PRAGMA synchronous=OFF")
         local.execute("BEGIN IMMEDIATE")
         sites, t0, t1 = read.sites, read.t0, read.t1
         plan = read.plan
@@ -166,7 +201,7 @@ def materialize(conn, path: str, read: _Read) -> None:
                     while rows := cur.fetchmany(FETCH_ROWS):
                         local.executemany(INSERT_HITS, rows)
         # The first and last lookup of the period, wherever they are.
-        for order in ("ASC", "DESC"):
+        for order in ("ASC", "DESC") if wanted & {"first_attempt", "last_attempt"} else ():
             row = conn.execute(
                 f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s AND ts < %s "
                 f"AND category IS DISTINCT FROM '{BYPASS_CATEGORY}' "
@@ -176,7 +211,7 @@ def materialize(conn, path: str, read: _Read) -> None:
             if row is not None and not any(lo <= row[0] < hi for lo, hi in read.raw):
                 local.execute(INSERT_HITS, row)
         if plan.first < plan.last:
-            _write_hours(conn, local, read, day_case)
+            _write_hours(conn, local, read, day_case, names="top_names" in wanted)
         if read.previous.first < read.previous.last:
             lo, hi = read.previous.first * HOUR, read.previous.last * HOUR
             local.executemany(
@@ -214,14 +249,15 @@ def materialize(conn, path: str, read: _Read) -> None:
         local.close()
 
 
-def _write_hours(conn, local, read: _Read, day_case) -> None:
+def _write_hours(conn, local, read: _Read, day_case, names: bool = True) -> None:
     """The rollup hours of the period: the per-client sums over all of them at the first
     hour (the report groups them by client, service, group, category), the per-day sums
-    of the hours not cut at the first hour of their day, the names' sums, and the
-    attempts that start in the cut hours (the report reads those from `hits_attempts`)."""
+    of the hours not cut at the first hour of their day, the names' sums (if NAMES), and
+    the attempts that start in the cut hours (the report reads those from
+    `hits_attempts`)."""
     plan = read.plan
     cut = ", ".join(str(c * HOUR) for c in plan.cut) or "NULL"
-    day = day_case("hour", read.days)
+    day = day_case("hour", read.days, postgres=True)
     isum, dsum = [], []
     for is_day, d_hour, ident, svc, grp, cat, blocked, attempts in conn.execute(
         f"""SELECT GROUPING(ident), MIN(hour), ident, svc, grp, cat, SUM(blocked),
@@ -241,18 +277,19 @@ def _write_hours(conn, local, read: _Read, day_case) -> None:
         "INSERT INTO hits_hour (hour, svc, grp, cat, blocked, attempts) VALUES (?, ?, ?, ?, ?, ?)",
         dsum,
     )
-    lo, hi = read.hours
-    local.executemany(
-        "INSERT INTO hits_hour_name (hour, svc, cat, qname, blocked) VALUES (?, ?, ?, ?, ?)",
-        [
-            (plan.first, svc, cat, qname, int(n))
-            for svc, cat, qname, n in conn.execute(
-                "SELECT svc, cat, qname, SUM(blocked) FROM hits_hour_name "
-                "WHERE site = ANY(%s) AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
-                (read.sites, lo, hi),
-            )
-        ],
-    )
+    if names:
+        lo, hi = read.hours
+        local.executemany(
+            "INSERT INTO hits_hour_name (hour, svc, cat, qname, blocked) VALUES (?, ?, ?, ?, ?)",
+            [
+                (plan.first, svc, cat, qname, int(n))
+                for svc, cat, qname, n in conn.execute(
+                    "SELECT svc, cat, qname, SUM(blocked) FROM hits_hour_name "
+                    "WHERE site = ANY(%s) AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
+                    (read.sites, lo, hi),
+                )
+            ],
+        )
     if plan.cut:
         local.executemany(
             "INSERT INTO hits_attempts VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
@@ -294,11 +331,13 @@ def central_report(
     *,
     tz: str,
     per_site: bool = True,
+    sections: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The report dict for SITES (all when empty): `build(db_path)` is the one-site
-    report builder of the period [t0, t1) in the time zone TZ; adds `"sites": [{"site",
-    "blocked", "attempts", "gaps"}]` unless not PER_SITE (the dashboard's overview lists
-    the sites from `sites_status`)."""
+    report builder of the period [t0, t1) in the time zone TZ (of SECTIONS only, when
+    given: less is read); adds `"sites": [{"site", "blocked", "attempts", "gaps"}]`
+    unless not PER_SITE (the dashboard's overview lists the sites from
+    `sites_status`)."""
     pg = psycopg()
     try:
         with connect(central) as conn:
@@ -308,7 +347,7 @@ def central_report(
             read = _Read(conn, chosen, t0, t1, tz)
             with tempfile.TemporaryDirectory(prefix="sinkhole-central-") as tmp:
                 path = os.path.join(tmp, "all.db")
-                materialize(conn, path, read)
+                materialize(conn, path, read, sections)
                 data = build(path)
             if per_site:
                 data["sites"] = _per_site(conn, read)
