@@ -357,16 +357,42 @@ def central_report(
     return data
 
 
+def edge_hits_sql(read: _Read, *, per_site: bool) -> str:
+    """The hits of the period's edges (`read.plan.raw`, which the report reads from
+    `hits`, not the rollups) as rows (site, ident, svc, grp, cat, count, start), `start`
+    by the report's rule (`_raw_sql`: a lookup starts an attempt unless the same client
+    looked up the same service at most 300 s before, within the period): over each
+    site's hits alone when PER_SITE (ties by local id), else over the chosen sites'
+    together (ties by site, then local id, the order `materialize` copies them in).
+    The sites are bound as %(sites)s; the bounds are integers we computed."""
+    from resolver.report.queries import ATTEMPT_GAP_SECONDS
+
+    gap = ATTEMPT_GAP_SECONDS
+    part, order = (
+        ("site, ident, svc", "ts, local_id") if per_site else ("ident, svc", "ts, site, local_id")
+    )
+    spans = [
+        f"""SELECT site, ident, svc, grp, cat, count, start FROM (
+              SELECT site, ts, ident, svc, grp, cat, count,
+                     CASE WHEN ts - LAG(ts) OVER w <= {gap} THEN 0 ELSE 1 END AS start
+              FROM (SELECT site, local_id, ts, count, {rollups.HIT_KEYS} FROM hits
+                    WHERE site = ANY(%(sites)s) AND ts >= {int(max(read.t0, lo - gap))}
+                    AND ts < {int(hi)}) h
+              WINDOW w AS (PARTITION BY {part} ORDER BY {order})) x
+            WHERE ts >= {int(lo)}"""
+        for lo, hi in read.plan.raw
+    ]
+    none = "SELECT NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, 0, 0 WHERE false"
+    return " UNION ALL ".join(spans) or none
+
+
 def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
     """Each chosen site's blocked queries and attempts, as the report of its hits alone
     counts them (totals: the chatbot services, the bypass apart), and its gaps.
 
     Its rollup hours are the report's (the plan depends on the period only): their sums
     from `hits_hour`, the site's attempts judged over its own hits; the edges by the
-    report's rule (`_raw_sql`: a lookup starts an attempt unless the same client looked
-    up the same service at most 300 s before, within the period; ties by local id)."""
-    from resolver.report.queries import ATTEMPT_GAP_SECONDS
-
+    report's rule over the site's own hits (`edge_hits_sql`)."""
     plan, sites = read.plan, read.sites
     sums = {s: [0, 0] for s in sites}
     if plan.first < plan.last:
@@ -378,21 +404,13 @@ def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
         ):
             sums[site][0] += int(blocked)
             sums[site][1] += int(attempts)
-    gap = ATTEMPT_GAP_SECONDS
-    for lo, hi in plan.raw:
-        ctx = max(read.t0, lo - gap)
-        for site, blocked, attempts in conn.execute(
-            f"""SELECT site, SUM(count), SUM(start) FROM (
-                  SELECT site, ts, count, cat,
-                         CASE WHEN ts - LAG(ts) OVER w <= {gap} THEN 0 ELSE 1 END AS start
-                  FROM (SELECT site, local_id, ts, count, {rollups.HIT_KEYS} FROM hits
-                        WHERE site = ANY(%s) AND ts >= %s AND ts < %s) h
-                  WINDOW w AS (PARTITION BY site, ident, svc ORDER BY ts, local_id)) x
-                WHERE ts >= %s AND cat <> '{BYPASS_CATEGORY}' GROUP BY site""",
-            (sites, ctx, hi, lo),
-        ):
-            sums[site][0] += int(blocked)
-            sums[site][1] += int(attempts)
+    for site, blocked, attempts in conn.execute(
+        f"""SELECT site, SUM(count), SUM(start) FROM ({edge_hits_sql(read, per_site=True)}) e
+            WHERE cat <> '{BYPASS_CATEGORY}' GROUP BY site""",
+        read.params,
+    ):
+        sums[site][0] += int(blocked)
+        sums[site][1] += int(attempts)
     return [
         {
             "site": site,
@@ -402,6 +420,52 @@ def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
         }
         for site in sites
     ]
+
+
+def central_totals(
+    central: CentralConfig, t0: int, t1: int, *, tz: str, privacy: str
+) -> dict[str, Any]:
+    """The `totals` of the report of every site over [t0, t1) (blocked, attempts,
+    clients, queries, blocked_share), without writing a report file: one PostgreSQL
+    query over what that report reads (`_Read`: the rollup hours and their scope, the
+    rows `materialize` sums) and its edges (`edge_hits_sql`, all sites together), summed
+    as `totals_section` sums them; `privacy` is the config's mode (the report's file has
+    no trail of its own). The dashboard's counters (today, this week)."""
+    from resolver.privacy import periods
+    from resolver.report.queries import _CLIENT, clients_listed, totals_of
+
+    pg = psycopg()
+    try:
+        with connect(central) as conn:
+            require_schema(conn)
+            report_session(conn)
+            read = _Read(conn, _pick_sites(conn, ()), t0, t1, tz)
+            chat = f"cat <> '{BYPASS_CATEGORY}'"
+            # Per client first (a parallel hash over the rollup hours), then together.
+            per_client = [
+                f"""SELECT ident, SUM(count) AS blocked, SUM(start) AS attempts
+                    FROM ({edge_hits_sql(read, per_site=False)}) e WHERE {chat} GROUP BY ident"""
+            ]
+            if read.plan.first < read.plan.last:
+                per_client.append(
+                    f"""SELECT ident, SUM(blocked), SUM(attempts) FROM ({read.client_rows_sql()}) r
+                        WHERE {chat} GROUP BY ident"""
+                )
+            client = _CLIENT.replace("%", "%%")
+            blocked, attempts, clients, queries = conn.execute(
+                f"""SELECT COALESCE(SUM(blocked), 0), COALESCE(SUM(attempts), 0),
+                           COUNT({client}),
+                           (SELECT COALESCE(SUM(queries), 0) FROM traffic
+                            WHERE site = ANY(%(sites)s) AND minute >= {int(t0)}
+                            AND minute < {int(t1)})
+                    FROM (SELECT ident, SUM(blocked) AS blocked, SUM(attempts) AS attempts
+                          FROM ({" UNION ALL ".join(per_client)}) u GROUP BY ident) x""",
+                read.params,
+            ).fetchone()
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+    listed = clients_listed(periods([], [], t0, t1, privacy), privacy)
+    return totals_of(int(blocked), int(attempts), int(clients) if listed else None, int(queries))
 
 
 def _site_gaps(conn, site: str, read: _Read) -> list[dict]:
