@@ -3,13 +3,14 @@
 Fills a database with the last 7 days of hits (report_bench's office of 300 clients and
 50 services, written as the recorder writes them), starts the real `sinkhole web` on a
 free loopback port, logs in and times each page and API route; prints a markdown table
-and writes it to bench/WEB_BENCH.md. Usage: python bench/web_bench.py [--hits N]
+and writes it in its section of bench/WEB_BENCH.md (the other sections are kept).
+Usage: python bench/web_bench.py [--hits N]
 
 With --central, the same week of hits is in a central store instead (a throwaway
 PostgreSQL cluster, tests/pgtest.py): SITES sites' hits COPYed into its partitions, its
 rollups built as migration m003 builds them, and `sinkhole web` configured with `central`,
-so every page reads all sites from PostgreSQL; the table goes to bench/WEB_BENCH.md after
-the local one. Before each timed request a site's `shipped_hits` is moved on, as a
+so every page reads all sites from PostgreSQL; the table goes in its own section of
+bench/WEB_BENCH.md. Before each timed request a site's `shipped_hits` is moved on, as a
 shipping does, so the overview's cache (`OverviewCache`) never answers: every figure is
 a cold page, the case of a busy office whose sites ship every few seconds.
 """
@@ -134,7 +135,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).write_text(text)
+    replace_section(Path(args.out), "### Dashboard pages over ", text)
 
 
 SITES = 4
@@ -166,12 +167,21 @@ def write_central(args, rows, gen_s: float, load) -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
+    replace_section(Path(args.out), "### Dashboard pages with `central`", text)
+
+
+def replace_section(out: Path, mark: str, text: str) -> None:
+    """Put TEXT in OUT in place of the section whose heading starts with MARK (up to the
+    next `### ` heading), or at the end: the other sections, the history of earlier
+    runs, stay as they are."""
     old = out.read_text() if out.exists() else ""
-    mark = "### Dashboard pages with `central`"
-    if mark in old:
-        old = old[: old.index(mark)].rstrip() + "\n"
-    out.write_text(old + "\n" + text)
+    if mark not in old:
+        out.write_text(old.rstrip() + "\n\n" + text if old.strip() else text)
+        return
+    start = old.index(mark)
+    end = old.find("\n### ", start + len(mark))
+    rest = "" if end < 0 else old[end:]
+    out.write_text(old[:start] + text.rstrip() + "\n" + rest)
 
 
 def shipped(dsn: str | None) -> None:

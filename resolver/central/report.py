@@ -272,11 +272,12 @@ def _write_hours(conn, local, read: _Read, day_case, names: bool = True) -> None
         rows = "SELECT * FROM report_rows"
     # Two plain GROUP BYs, not one of GROUPING SETS: PostgreSQL runs these with
     # parallel workers, that one not (a month of all-site rows: 0.5 s instead of 0.9).
+    # Sums as bigint, not numeric: psycopg reads ints faster than Decimals.
     isum = [
         (plan.first, ident, svc, grp, cat, int(blocked), int(attempts))
         for ident, svc, grp, cat, blocked, attempts in conn.execute(
-            f"""SELECT ident, svc, grp, cat, SUM(blocked), SUM(attempts) FROM ({rows}) c
-                GROUP BY ident, svc, grp, cat""",
+            f"""SELECT ident, svc, grp, cat, SUM(blocked)::bigint, SUM(attempts)::bigint
+                FROM ({rows}) c GROUP BY ident, svc, grp, cat""",
             read.params,
         )
     ]
@@ -285,7 +286,7 @@ def _write_hours(conn, local, read: _Read, day_case, names: bool = True) -> None
         (d_hour // HOUR, svc, grp, cat, int(blocked), int(attempts))
         for _, d_hour, svc, grp, cat, blocked, attempts in conn.execute(
             f"""SELECT {day_case("hour", read.days, postgres=True)} AS day, MIN(hour), svc,
-                       grp, cat, SUM(blocked), SUM(attempts)
+                       grp, cat, SUM(blocked)::bigint, SUM(attempts)::bigint
                 FROM ({rows}) c {uncut} GROUP BY day, svc, grp, cat""",
             read.params,
         )
