@@ -126,11 +126,12 @@ def main() -> None:
         "| --- | ---: | ---: | ---: |",
         *(f"| `{p}` | {med:.3f} | {mx:.3f} | {n:,} |" for p, med, mx, n in rows),
         "",
-        "Where the time goes: the overview builds up to three reports (its range, this",
-        "week and today, for the counters) with `build_report`, in parallel threads, so it",
-        "takes about as long as the longest (REPORT_BENCH.md: ~0.33 s for a week of a",
-        "million hits). The attempts log reads `hits` newest first by its `ts` index and stops",
-        "at 200 rows; the other pages read small tables.",
+        "Where the time goes: the overview reports its range with `build_report`, of the",
+        "sections it shows only, and the counters of today and this week with the totals",
+        "section only, in parallel threads, so it takes about as long as its range's report",
+        "(REPORT_BENCH.md: ~0.33 s for a whole week of a million hits). The attempts log",
+        "reads `hits` newest first by its `ts` index and stops at 200 rows; the other pages",
+        "read small tables.",
         "",
     ]
     text = "\n".join(lines)
