@@ -302,10 +302,11 @@ def build_report_for(
     lang: str | None = None,
     sites: Iterable[str] = (),
     per_site: bool = True,
+    sections: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """`sinkhole report`'s dict (and the dashboard's): this site's database, or with
     `central` every site's record (or SITES) in the central store, with each site's own
-    figures unless not PER_SITE.
+    figures unless not PER_SITE; only the SECTIONS named, when given (`build_report`).
 
     Raises:
         SinkholeError: --site without a central store, or the store cannot be read.
@@ -313,6 +314,7 @@ def build_report_for(
     from resolver import report as rpt
 
     sites = tuple(sites)
+    sections = None if sections is None else frozenset(sections)
     if sites and config.central is None:
         raise SinkholeError("--site needs a central section in the config")
 
@@ -328,6 +330,7 @@ def build_report_for(
             service_names={sid: s.name for sid, s in catalog.services.items()},
             top=top,
             lang=lang or config.report.lang,
+            sections=sections,
         )
 
     if config.central is not None:  # all sites, from the central store (resolver/central)
@@ -341,6 +344,7 @@ def build_report_for(
             sites,
             tz=tz,
             per_site=per_site,
+            sections=sections,
         )
     from resolver.store import Store
 

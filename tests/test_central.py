@@ -1111,3 +1111,146 @@ def test_overview_with_central_counts_every_site_and_a_new_hit_at_once(
     bars = central_hourly_trend(config, now - 23 * 3600, now + 1)
     assert sum(b["blocked"] for b in bars) == 13
     assert sum(b["attempts"] for b in bars) == 11
+
+
+def _overview_zone(now: int) -> str:
+    """A zone where today is not Monday (so this week and today differ) and at least
+    two hours old (so today's first hour, read from the hits, is over): of two zones 25
+    hours apart one is never on Monday, and Paris breaks the tie."""
+    from zoneinfo import ZoneInfo
+
+    for tz in ("Asia/Kolkata", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Paris"):
+        local = datetime.datetime.fromtimestamp(now, ZoneInfo(tz))
+        if local.weekday() != 0 and local.hour >= 2:
+            return tz
+    raise AssertionError("no zone where today is neither Monday nor just begun")
+
+
+def _overview_hits(now: int, tz: str) -> dict[str, list[tuple]]:
+    """Hits of three sites around the edges the overview's periods have: this week's
+    Monday and today's midnight (a lookup just before each, the next just after, on
+    another site), the first hour each period takes from the rollups, an hour edge inside
+    them, two lookups exactly the gap apart; shared clients (the same lookup on two sites
+    at once), a group without a client, a second service, a bypass lookup; the week
+    before (the previous period)."""
+    from zoneinfo import ZoneInfo
+
+    zi = ZoneInfo(tz)
+    today = datetime.datetime.fromtimestamp(now, zi).date()
+    midnight = int(datetime.datetime.combine(today, datetime.time(), zi).timestamp())
+    monday = int(
+        datetime.datetime.combine(
+            today - datetime.timedelta(days=today.weekday()), datetime.time(), zi
+        ).timestamp()
+    )
+
+    def hit(ts, client="10.0.0.1", group=None, service="openai-chatgpt", category="ai-chatbots"):
+        qname = {"openai-chatgpt": "chatgpt.com", "anthropic-claude": "claude.ai"}.get(
+            service, "vpn.example"
+        )
+        return (ts, client, group, qname, "A", service, category, qname, "null", 1)
+
+    sites: dict[str, list[tuple]] = {"dns1": [], "dns2": [], "dns3": []}
+    for edge in (monday, midnight):
+        first = -(-(edge + 300) // 3600) * 3600  # the first hour from the rollups
+        for k, client in enumerate(("10.0.0.1", "10.0.0.2")):
+            sites["dns1"].append(hit(edge - 100 + k, client))  # before the period
+            sites["dns2"].append(hit(edge + 50 + k, client))  # starts one in it
+            sites["dns3"].append(hit(edge + 200, client))  # within 300 s: no new one
+            sites["dns1"].append(hit(first - 120, client, service="anthropic-claude"))
+            sites["dns2"].append(hit(first + 90, client, service="anthropic-claude"))
+            sites["dns3"].append(hit(first + 3600 - 30, "10.1.0.7", "office"))
+            sites["dns1"].append(hit(first + 3600 + 30, "10.1.0.7", "office"))
+        sites["dns1"].append(hit(edge + 600, "10.0.0.5"))  # exactly 300 s apart: one
+        sites["dns2"].append(hit(edge + 900, "10.0.0.5"))
+        sites["dns2"].append(hit(edge + 400, None, "lab"))
+        sites["dns3"].append(hit(edge + 410, None, "lab"))
+        sites["dns1"].append(hit(edge + 900, "10.0.0.3", category="bypass", service="vpn"))
+    # The same lookup on two sites at once (a redundant pair), and some every day.
+    for day in range(0, (midnight - monday) // 86400 + 1):
+        ts = monday + day * 86400 + 12 * 3600 + 7
+        if ts < now - 60:
+            sites["dns1"].append(hit(ts, "10.0.0.4"))
+            sites["dns2"].append(hit(ts, "10.0.0.4"))
+            sites["dns3"].append(hit(ts + 60 * day, f"10.0.1.{day}", "office"))
+    for site in sites:  # the week before: the services' previous period
+        sites[site].append(hit(monday - 3 * 86400, "10.0.0.9", service="anthropic-claude"))
+    return {s: sorted(h for h in hits if h[0] < now - 30) for s, hits in sites.items()}
+
+
+@pytest.mark.parametrize("privacy", ["ip", "group"])
+def test_overview_figures_equal_the_report_of_every_site(
+    central_dsn: str, tmp_path: Path, privacy: str
+) -> None:
+    """The overview's counters (today, this week: one PostgreSQL query each) and the
+    sections of its range (a report of those sections only) are the full report's, as
+    `sinkhole report --format json` gives it, over the same central data; the counters
+    are also the one-site report of the union of the hits."""
+    from zoneinfo import ZoneInfo
+
+    from resolver.admin import build_report_for
+    from resolver.web import app, data
+
+    _migrated(central_dsn)
+    now = int(time.time())
+    tz = _overview_zone(now)
+    for site, hits in _overview_hits(now, tz).items():
+        db = tmp_path / f"{site}.db"
+        minutes = sorted({h[0] // 60 * 60 for h in hits})
+        _local(db, hits, [(m, 40) for m in minutes])
+        ship_all(CentralConfig(dsn=central_dsn, site=site), str(db))
+    config = parse_config(
+        {
+            "database": str(tmp_path / "web.db"),
+            "timezone": tz,
+            "privacy": {"clients": privacy},
+            "clients": {
+                "groups": {
+                    "lab": {"networks": ["10.0.0.0/29"]},
+                    "office": {"networks": ["10.1.0.0/16"]},
+                }
+            },
+            "central": {"dsn": central_dsn, "site": "web"},
+        }
+    )
+    web = app.Web(config)
+
+    def full(start, end) -> dict:
+        return build_report_for(config, web.catalog, start, end, tz=tz, lang="en")
+
+    week_start = data.range_bounds("week", tz)[0]
+    assert week_start < data.today_bounds(tz)[0]  # two different periods
+    for key in data.RANGES:
+        ctx = app.overview_context(web, key, "en")
+        start = datetime.datetime.fromisoformat(ctx["since"])
+        end = datetime.datetime.fromisoformat(ctx["until"])
+        chosen = full(start, end)
+        today = full(data.today_bounds(tz)[0], end)
+        week = full(week_start, end)
+        assert ctx["today"] == today["totals"], key
+        assert ctx["week"] == week["totals"], key
+        for section in data.OVERVIEW_SECTIONS:
+            assert ctx["report"][section] == chosen[section], (key, section)
+        assert "top_names" not in ctx["report"] and "breakdown" not in ctx["report"]
+        assert today["totals"]["attempts"] > 0 and week["totals"]["attempts"] > 0
+        assert week["totals"]["attempts"] > today["totals"]["attempts"]
+        assert today["totals"]["blocked_share"] is not None
+        if privacy == "ip":
+            assert week["totals"]["clients"] >= 4 and chosen["top_clients"]
+        else:  # no client count anywhere
+            assert ctx["week"]["clients"] is None and ctx["today"]["clients"] is None
+            assert ctx["report"]["top_clients"] == []
+            assert ctx["report"]["totals"]["clients"] is None
+            assert all(s["clients"] is None for s in ctx["report"]["services"])
+    # And the counters are what the hits themselves say (the one-site report of them).
+    zi = ZoneInfo(tz)
+    for name, start in (("today", data.today_bounds(tz)[0]), ("week", week_start)):
+        t0, t1 = int(start.timestamp()), now - 10
+        counters = data.totals_for(
+            config,
+            web.catalog,
+            datetime.datetime.fromtimestamp(t0, zi),
+            datetime.datetime.fromtimestamp(t1, zi),
+        )["totals"]
+        oracle = _oracle(central_dsn, tmp_path, (), t0, t1, tz, privacy)["totals"]
+        assert counters == oracle, name

@@ -517,6 +517,27 @@ def test_rollup_and_hits_give_the_same_report(tmp_path: Path, tz: str, week: str
         assert [build(db, a, b, tz=tz) for a, b in ((start, end), (since, until))] == before
 
 
+@pytest.mark.parametrize(
+    "sections",
+    [("totals",), ("totals", "services", "days", "groups", "top_clients", "privacy"), ()],
+)
+def test_a_report_of_some_sections_has_exactly_those_of_the_whole(
+    tmp_path: Path, sections: tuple[str, ...]
+) -> None:
+    # The dashboard's overview asks for the sections it shows: each is the whole
+    # report's, and nothing else is made (edges off the hour, so the hits are read too).
+    start, end = rpt.week_bounds("2026-W13", PARIS)
+    since, until = start + timedelta(seconds=7), end - timedelta(seconds=301)
+    db = make_db(tmp_path / "s.db")
+    t0, t1 = int(start.timestamp()), int(end.timestamp())
+    generate_hits(db, 3000, t0 - 8 * 86400, t1 + 86400, seed=13)
+    whole = build(db, since, until)
+    part = build(db, since, until, sections=sections)
+    assert part == {k: v for k, v in whole.items() if k in {*sections, "schema", "period", "lang"}}
+    with pytest.raises(SinkholeError, match="unknown report sections: totalz"):
+        build(db, since, until, sections=("totalz",))
+
+
 def test_purge_keeps_the_rollup_equal_to_the_hits_it_keeps(tmp_path: Path) -> None:
     db = make_db(tmp_path / "s.db")
     start, end = rpt.week_bounds("2026-W13", PARIS)

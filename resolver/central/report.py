@@ -12,14 +12,16 @@ and its gaps (down, behind on shipping) in the period.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from resolver.central import CentralError, connect, first_line, psycopg, rollups
 from resolver.central.schema import require_schema
 from resolver.config import CentralConfig
-from resolver.report.queries import BYPASS_CATEGORY, GAP_NOT_SHIPPED
+from resolver.report.queries import BYPASS_CATEGORY, GAP_NOT_SHIPPED, SECTIONS
 from resolver.store.rollups import HOUR_SECONDS as HOUR
 from resolver.store.rollups import ROLLUP_SECONDS
 
@@ -135,22 +137,56 @@ class _Read:
         return {"scope": self.scope, "sites": self.sites}
 
 
-def materialize(conn, path: str, read: _Read) -> None:
+_EMPTY_LOCK = threading.Lock()
+_EMPTY: list[bytes] = []
+
+
+def _empty_report_db() -> bytes:
+    """A new database of this version (`Store`) without its triggers, as bytes: the
+    report file's start. Its rows are written as they are, no trigger adds them up.
+    Made once per process (migrating a new file takes tens of milliseconds)."""
+    from resolver.store import Store
+
+    with _EMPTY_LOCK:
+        if not _EMPTY:
+            with tempfile.TemporaryDirectory(prefix="sinkhole-central-") as tmp:
+                path = os.path.join(tmp, "empty.db")
+                Store(path).close()
+                local = sqlite3.connect(path, isolation_level=None)
+                try:
+                    for (name,) in local.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                    ).fetchall():
+                        local.execute(f"DROP TRIGGER {name}")
+                    local.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    local.close()
+                with open(path, "rb") as f:
+                    _EMPTY.append(f.read())
+        return _EMPTY[0]
+
+
+def materialize(conn, path: str, read: _Read, sections: Collection[str] | None = None) -> None:
     """Write what the one-site report reads of the chosen sites over the period into a
     new SQLite report database at PATH: the rollups of its hours summed to the rows its
     queries group by (each at an hour they read), the hits it reads (edges, cut hours,
-    the first and last lookup), the attempts of the cut hours and the traffic."""
+    the first and last lookup), the attempts of the cut hours and the traffic. With
+    SECTIONS (those of `build_report` the report will be asked for), what no section of
+    them reads is left out: the names' rollup, the first and last lookup, the traffic
+    per minute (without the gaps: per day)."""
     from resolver.report.periods import day_case
-    from resolver.store import Store
-    from resolver.store.db import connect as sqlite_connect
     from resolver.store.rollups import INSERT_HITS
 
-    Store(path).close()
-    local = sqlite_connect(path)
+    wanted = SECTIONS if sections is None else frozenset(sections)
+
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_empty_report_db())
+    # A throwaway file, read once by the report: no journal, no sync.
+    local = sqlite3.connect(path, isolation_level=None)
     try:
-        # A throwaway file: its rows are written as they are, no trigger adds them up.
-        for (name,) in local.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-            local.execute(f"DROP TRIGGER {name}")
+        local.execute("PRAGMA journal_mode=OFF")
+        local.execute("PRAGMA synchronous=OFF")
         local.execute("BEGIN IMMEDIATE")
         sites, t0, t1 = read.sites, read.t0, read.t1
         plan = read.plan
@@ -166,7 +202,7 @@ def materialize(conn, path: str, read: _Read) -> None:
                     while rows := cur.fetchmany(FETCH_ROWS):
                         local.executemany(INSERT_HITS, rows)
         # The first and last lookup of the period, wherever they are.
-        for order in ("ASC", "DESC"):
+        for order in ("ASC", "DESC") if wanted & {"first_attempt", "last_attempt"} else ():
             row = conn.execute(
                 f"SELECT {HIT_COLUMNS} FROM hits WHERE site = ANY(%s) AND ts >= %s AND ts < %s "
                 f"AND category IS DISTINCT FROM '{BYPASS_CATEGORY}' "
@@ -176,7 +212,7 @@ def materialize(conn, path: str, read: _Read) -> None:
             if row is not None and not any(lo <= row[0] < hi for lo, hi in read.raw):
                 local.execute(INSERT_HITS, row)
         if plan.first < plan.last:
-            _write_hours(conn, local, read, day_case)
+            _write_hours(conn, local, read, day_case, names="top_names" in wanted)
         if read.previous.first < read.previous.last:
             lo, hi = read.previous.first * HOUR, read.previous.last * HOUR
             local.executemany(
@@ -191,18 +227,25 @@ def materialize(conn, path: str, read: _Read) -> None:
                     )
                 ],
             )
+        if "gaps" in wanted:
+            traffic = """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded),
+                                SUM(cached), SUM(failed), SUM(refused), MAX(recorder_lag)
+                         FROM traffic WHERE site = ANY(%s) AND minute >= %s AND minute < %s
+                         GROUP BY minute"""
+            lead = LEAD_SECONDS
+        else:
+            # Without the gaps, no section reads a minute: the queries of each day of the
+            # period (all the totals and the days read) at its first minute.
+            traffic = f"""SELECT MIN(minute), SUM(queries), SUM(blocked), SUM(forwarded),
+                                 SUM(cached), SUM(failed), SUM(refused), MAX(recorder_lag)
+                          FROM (SELECT {day_case("minute", read.days, postgres=True)} AS day, *
+                                FROM traffic WHERE site = ANY(%s) AND minute >= %s
+                                AND minute < %s) t
+                          GROUP BY day"""
+            lead = 0
         local.executemany(
             f"INSERT INTO traffic ({TRAFFIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                tuple(int(v) for v in row)
-                for row in conn.execute(
-                    """SELECT minute, SUM(queries), SUM(blocked), SUM(forwarded), SUM(cached),
-                              SUM(failed), SUM(refused), MAX(recorder_lag)
-                       FROM traffic WHERE site = ANY(%s) AND minute >= %s AND minute < %s
-                       GROUP BY minute""",
-                    (sites, t0 - LEAD_SECONDS, t1),
-                )
-            ],
+            [tuple(int(v) for v in row) for row in conn.execute(traffic, (sites, t0 - lead, t1))],
         )
         oldest = _first_start(conn, sites)
         if oldest is not None:
@@ -214,45 +257,58 @@ def materialize(conn, path: str, read: _Read) -> None:
         local.close()
 
 
-def _write_hours(conn, local, read: _Read, day_case) -> None:
+def _write_hours(conn, local, read: _Read, day_case, names: bool = True) -> None:
     """The rollup hours of the period: the per-client sums over all of them at the first
     hour (the report groups them by client, service, group, category), the per-day sums
-    of the hours not cut at the first hour of their day, the names' sums, and the
-    attempts that start in the cut hours (the report reads those from `hits_attempts`)."""
+    of the hours not cut at the first hour of their day, the names' sums (if NAMES), and
+    the attempts that start in the cut hours (the report reads those from
+    `hits_attempts`)."""
     plan = read.plan
-    cut = ", ".join(str(c * HOUR) for c in plan.cut) or "NULL"
-    day = day_case("hour", read.days)
-    isum, dsum = [], []
-    for is_day, d_hour, ident, svc, grp, cat, blocked, attempts in conn.execute(
-        f"""SELECT GROUPING(ident), MIN(hour), ident, svc, grp, cat, SUM(blocked),
-                   SUM(attempts)
-            FROM (SELECT CASE WHEN hour IN ({cut}) THEN NULL ELSE {day} END AS day, *
-                  FROM ({read.client_rows_sql()}) c) x
-            GROUP BY GROUPING SETS ((ident, svc, grp, cat), (day, svc, grp, cat))
-            HAVING GROUPING(ident) = 0 OR MIN(day) IS NOT NULL""",
-        read.params,
-    ):
-        if is_day:
-            dsum.append((d_hour // HOUR, svc, grp, cat, int(blocked), int(attempts)))
-        else:
-            isum.append((plan.first, ident, svc, grp, cat, int(blocked), int(attempts)))
+    rows = read.client_rows_sql()
+    if read.scope is None:
+        # A subset of the sites: its attempts are judged once, for both sums below.
+        conn.execute("DROP TABLE IF EXISTS pg_temp.report_rows")
+        conn.execute(f"CREATE TEMP TABLE report_rows AS {rows}", read.params)
+        rows = "SELECT * FROM report_rows"
+    # Two plain GROUP BYs, not one of GROUPING SETS: PostgreSQL runs these with
+    # parallel workers, that one not (a month of all-site rows: 0.5 s instead of 0.9).
+    # Sums as bigint, not numeric: psycopg reads ints faster than Decimals.
+    isum = [
+        (plan.first, ident, svc, grp, cat, int(blocked), int(attempts))
+        for ident, svc, grp, cat, blocked, attempts in conn.execute(
+            f"""SELECT ident, svc, grp, cat, SUM(blocked)::bigint, SUM(attempts)::bigint
+                FROM ({rows}) c GROUP BY ident, svc, grp, cat""",
+            read.params,
+        )
+    ]
+    uncut = f"WHERE hour NOT IN ({', '.join(str(c * HOUR) for c in plan.cut)})" if plan.cut else ""
+    dsum = [
+        (d_hour // HOUR, svc, grp, cat, int(blocked), int(attempts))
+        for _, d_hour, svc, grp, cat, blocked, attempts in conn.execute(
+            f"""SELECT {day_case("hour", read.days, postgres=True)} AS day, MIN(hour), svc,
+                       grp, cat, SUM(blocked)::bigint, SUM(attempts)::bigint
+                FROM ({rows}) c {uncut} GROUP BY day, svc, grp, cat""",
+            read.params,
+        )
+    ]
     local.executemany("INSERT INTO hits_hour_client VALUES (?, ?, ?, ?, ?, ?, ?)", isum)
     local.executemany(
         "INSERT INTO hits_hour (hour, svc, grp, cat, blocked, attempts) VALUES (?, ?, ?, ?, ?, ?)",
         dsum,
     )
-    lo, hi = read.hours
-    local.executemany(
-        "INSERT INTO hits_hour_name (hour, svc, cat, qname, blocked) VALUES (?, ?, ?, ?, ?)",
-        [
-            (plan.first, svc, cat, qname, int(n))
-            for svc, cat, qname, n in conn.execute(
-                "SELECT svc, cat, qname, SUM(blocked) FROM hits_hour_name "
-                "WHERE site = ANY(%s) AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
-                (read.sites, lo, hi),
-            )
-        ],
-    )
+    if names:
+        lo, hi = read.hours
+        local.executemany(
+            "INSERT INTO hits_hour_name (hour, svc, cat, qname, blocked) VALUES (?, ?, ?, ?, ?)",
+            [
+                (plan.first, svc, cat, qname, int(n))
+                for svc, cat, qname, n in conn.execute(
+                    "SELECT svc, cat, qname, SUM(blocked) FROM hits_hour_name "
+                    "WHERE site = ANY(%s) AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
+                    (read.sites, lo, hi),
+                )
+            ],
+        )
     if plan.cut:
         local.executemany(
             "INSERT INTO hits_attempts VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
@@ -278,9 +334,9 @@ def _first_start(conn, sites: Sequence[str]) -> int | None:
 
 def report_session(conn) -> None:
     """The settings of a connection that reads for a report or the dashboard: the
-    week's per-client rollup is grouped two ways in one pass in memory (some 10 MB at a
-    million hits) instead of sorted on disk; and no JIT compilation, which costs some
-    100 ms per query here for queries that run in tens of milliseconds."""
+    week's per-client rollup is grouped in memory (some 10 MB at a million hits)
+    instead of sorted on disk; and no JIT compilation, which costs some 100 ms per
+    query here for queries that run in tens of milliseconds."""
     conn.execute(f"SET work_mem = '{REPORT_WORK_MEM}'")
     conn.execute("SET jit = off")
 
@@ -294,11 +350,13 @@ def central_report(
     *,
     tz: str,
     per_site: bool = True,
+    sections: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The report dict for SITES (all when empty): `build(db_path)` is the one-site
-    report builder of the period [t0, t1) in the time zone TZ; adds `"sites": [{"site",
-    "blocked", "attempts", "gaps"}]` unless not PER_SITE (the dashboard's overview lists
-    the sites from `sites_status`)."""
+    report builder of the period [t0, t1) in the time zone TZ (of SECTIONS only, when
+    given: less is read); adds `"sites": [{"site", "blocked", "attempts", "gaps"}]`
+    unless not PER_SITE (the dashboard's overview lists the sites from
+    `sites_status`)."""
     pg = psycopg()
     try:
         with connect(central) as conn:
@@ -308,7 +366,7 @@ def central_report(
             read = _Read(conn, chosen, t0, t1, tz)
             with tempfile.TemporaryDirectory(prefix="sinkhole-central-") as tmp:
                 path = os.path.join(tmp, "all.db")
-                materialize(conn, path, read)
+                materialize(conn, path, read, sections)
                 data = build(path)
             if per_site:
                 data["sites"] = _per_site(conn, read)
@@ -318,16 +376,42 @@ def central_report(
     return data
 
 
+def edge_hits_sql(read: _Read, *, per_site: bool) -> str:
+    """The hits of the period's edges (`read.plan.raw`, which the report reads from
+    `hits`, not the rollups) as rows (site, ident, svc, grp, cat, count, start), `start`
+    by the report's rule (`_raw_sql`: a lookup starts an attempt unless the same client
+    looked up the same service at most 300 s before, within the period): over each
+    site's hits alone when PER_SITE (ties by local id), else over the chosen sites'
+    together (ties by site, then local id, the order `materialize` copies them in).
+    The sites are bound as %(sites)s; the bounds are integers we computed."""
+    from resolver.report.queries import ATTEMPT_GAP_SECONDS
+
+    gap = ATTEMPT_GAP_SECONDS
+    part, order = (
+        ("site, ident, svc", "ts, local_id") if per_site else ("ident, svc", "ts, site, local_id")
+    )
+    spans = [
+        f"""SELECT site, ident, svc, grp, cat, count, start FROM (
+              SELECT site, ts, ident, svc, grp, cat, count,
+                     CASE WHEN ts - LAG(ts) OVER w <= {gap} THEN 0 ELSE 1 END AS start
+              FROM (SELECT site, local_id, ts, count, {rollups.HIT_KEYS} FROM hits
+                    WHERE site = ANY(%(sites)s) AND ts >= {int(max(read.t0, lo - gap))}
+                    AND ts < {int(hi)}) h
+              WINDOW w AS (PARTITION BY {part} ORDER BY {order})) x
+            WHERE ts >= {int(lo)}"""
+        for lo, hi in read.plan.raw
+    ]
+    none = "SELECT NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, 0, 0 WHERE false"
+    return " UNION ALL ".join(spans) or none
+
+
 def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
     """Each chosen site's blocked queries and attempts, as the report of its hits alone
     counts them (totals: the chatbot services, the bypass apart), and its gaps.
 
     Its rollup hours are the report's (the plan depends on the period only): their sums
     from `hits_hour`, the site's attempts judged over its own hits; the edges by the
-    report's rule (`_raw_sql`: a lookup starts an attempt unless the same client looked
-    up the same service at most 300 s before, within the period; ties by local id)."""
-    from resolver.report.queries import ATTEMPT_GAP_SECONDS
-
+    report's rule over the site's own hits (`edge_hits_sql`)."""
     plan, sites = read.plan, read.sites
     sums = {s: [0, 0] for s in sites}
     if plan.first < plan.last:
@@ -339,21 +423,13 @@ def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
         ):
             sums[site][0] += int(blocked)
             sums[site][1] += int(attempts)
-    gap = ATTEMPT_GAP_SECONDS
-    for lo, hi in plan.raw:
-        ctx = max(read.t0, lo - gap)
-        for site, blocked, attempts in conn.execute(
-            f"""SELECT site, SUM(count), SUM(start) FROM (
-                  SELECT site, ts, count, cat,
-                         CASE WHEN ts - LAG(ts) OVER w <= {gap} THEN 0 ELSE 1 END AS start
-                  FROM (SELECT site, local_id, ts, count, {rollups.HIT_KEYS} FROM hits
-                        WHERE site = ANY(%s) AND ts >= %s AND ts < %s) h
-                  WINDOW w AS (PARTITION BY site, ident, svc ORDER BY ts, local_id)) x
-                WHERE ts >= %s AND cat <> '{BYPASS_CATEGORY}' GROUP BY site""",
-            (sites, ctx, hi, lo),
-        ):
-            sums[site][0] += int(blocked)
-            sums[site][1] += int(attempts)
+    for site, blocked, attempts in conn.execute(
+        f"""SELECT site, SUM(count), SUM(start) FROM ({edge_hits_sql(read, per_site=True)}) e
+            WHERE cat <> '{BYPASS_CATEGORY}' GROUP BY site""",
+        read.params,
+    ):
+        sums[site][0] += int(blocked)
+        sums[site][1] += int(attempts)
     return [
         {
             "site": site,
@@ -363,6 +439,52 @@ def _per_site(conn, read: _Read) -> list[dict[str, Any]]:
         }
         for site in sites
     ]
+
+
+def central_totals(
+    central: CentralConfig, t0: int, t1: int, *, tz: str, privacy: str
+) -> dict[str, Any]:
+    """The `totals` of the report of every site over [t0, t1) (blocked, attempts,
+    clients, queries, blocked_share), without writing a report file: one PostgreSQL
+    query over what that report reads (`_Read`: the rollup hours and their scope, the
+    rows `materialize` sums) and its edges (`edge_hits_sql`, all sites together), summed
+    as `totals_section` sums them; `privacy` is the config's mode (the report's file has
+    no trail of its own). The dashboard's counters (today, this week)."""
+    from resolver.privacy import periods
+    from resolver.report.queries import _CLIENT, clients_listed, totals_of
+
+    pg = psycopg()
+    try:
+        with connect(central) as conn:
+            require_schema(conn)
+            report_session(conn)
+            read = _Read(conn, _pick_sites(conn, ()), t0, t1, tz)
+            chat = f"cat <> '{BYPASS_CATEGORY}'"
+            # Per client first (a parallel hash over the rollup hours), then together.
+            per_client = [
+                f"""SELECT ident, SUM(count) AS blocked, SUM(start) AS attempts
+                    FROM ({edge_hits_sql(read, per_site=False)}) e WHERE {chat} GROUP BY ident"""
+            ]
+            if read.plan.first < read.plan.last:
+                per_client.append(
+                    f"""SELECT ident, SUM(blocked), SUM(attempts) FROM ({read.client_rows_sql()}) r
+                        WHERE {chat} GROUP BY ident"""
+                )
+            client = _CLIENT.replace("%", "%%")
+            blocked, attempts, clients, queries = conn.execute(
+                f"""SELECT COALESCE(SUM(blocked), 0), COALESCE(SUM(attempts), 0),
+                           COUNT({client}),
+                           (SELECT COALESCE(SUM(queries), 0) FROM traffic
+                            WHERE site = ANY(%(sites)s) AND minute >= {int(t0)}
+                            AND minute < {int(t1)})
+                    FROM (SELECT ident, SUM(blocked) AS blocked, SUM(attempts) AS attempts
+                          FROM ({" UNION ALL ".join(per_client)}) u GROUP BY ident) x""",
+                read.params,
+            ).fetchone()
+    except pg.Error as exc:
+        raise CentralError(f"central store: {first_line(exc)}") from None
+    listed = clients_listed(periods([], [], t0, t1, privacy), privacy)
+    return totals_of(int(blocked), int(attempts), int(clients) if listed else None, int(queries))
 
 
 def _site_gaps(conn, site: str, read: _Read) -> list[dict]:

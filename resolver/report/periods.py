@@ -150,10 +150,17 @@ def day_bounds(start: int, end: int, zi: ZoneInfo) -> list[tuple[date, int, int]
     return days
 
 
-def day_case(column: str, days: list[tuple[date, int, int]]) -> str:
+def day_case(column: str, days: list[tuple[date, int, int]], *, postgres: bool = False) -> str:
+    """The SQL of the index in DAYS of the day a time in COLUMN falls on: for SQLite a
+    CASE, for PostgreSQL (POSTGRES, the central report) the same bounds searched by
+    `width_bucket`, which takes a few comparisons per row where the CASE takes one per
+    day (a month's rollup rows grouped by day: about half the query's time)."""
     # Integers we computed ourselves, so inlining them is safe; it keeps the one scan
     # over hits a plain expression instead of a join against a table of days.
     if len(days) == 1:
         return "0"
+    if postgres:
+        bounds = ", ".join(str(hi) for _, _, hi in days[:-1])
+        return f"width_bucket({column}, ARRAY[{bounds}]::bigint[])"
     whens = " ".join(f"WHEN {column} < {hi} THEN {i}" for i, (_, _, hi) in enumerate(days[:-1]))
     return f"CASE {whens} ELSE {len(days) - 1} END"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -32,6 +33,25 @@ assert ROLLUP_SECONDS == ATTEMPT_GAP_SECONDS and HOUR_SECONDS % ROLLUP_SECONDS =
 
 BYPASS_CATEGORY = "bypass"
 OTHER_GROUP = "other"
+#: The sections of the report's dict that `build_report(sections=...)` may leave out
+#: ("schema", "period" and "lang" are always there).
+SECTIONS = frozenset(
+    {
+        "totals",
+        "services",
+        "days",
+        "groups",
+        "top_clients",
+        "top_names",
+        "bypass",
+        "breakdown",
+        "first_attempt",
+        "last_attempt",
+        "privacy",
+        "gaps",
+        "changes",
+    }
+)
 
 
 def _service_name(svc: str, service_names: dict[str, str], lang: Language) -> str:
@@ -176,11 +196,16 @@ def _raw_sql(lo: int, hi: int, t0: int, days: list[tuple[date, int, int]]) -> st
 
 
 def _fill_sums(
-    conn: sqlite3.Connection, t0: int, t1: int, days: list[tuple[date, int, int]]
+    conn: sqlite3.Connection,
+    t0: int,
+    t1: int,
+    days: list[tuple[date, int, int]],
+    names: bool = True,
 ) -> None:
     """The temp tables the figures of [t0, t1) are read from, each a few thousand rows:
     `dsum` (day, svc, grp, cat), `isum` (ident, svc, grp, cat) and `nsum` (qname, svc,
-    cat), with blocked queries and attempts (`nsum`: blocked, chatbot services only)."""
+    cat), with blocked queries and attempts (`nsum`: blocked, chatbot services only; left
+    empty unless NAMES)."""
     plan = _Plan(t0, t1, [lo for _, lo, _ in days[1:]], _has_rollups(conn), ATTEMPT_GAP_SECONDS)
     for table in ("raw", "dsum", "isum", "nsum"):
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
@@ -212,10 +237,11 @@ def _fill_sums(
             f"""INSERT INTO isum SELECT ident, svc, grp, cat, SUM(blocked), SUM(attempts)
                 FROM hits_hour_client WHERE {plan.hours()} GROUP BY ident, svc, grp, cat"""
         )
-        conn.execute(
-            f"""INSERT INTO nsum SELECT qname, svc, cat, SUM(blocked) FROM hits_hour_name
-                WHERE {plan.hours()} AND {chat} GROUP BY qname, svc, cat"""
-        )
+        if names:
+            conn.execute(
+                f"""INSERT INTO nsum SELECT qname, svc, cat, SUM(blocked) FROM hits_hour_name
+                    WHERE {plan.hours()} AND {chat} GROUP BY qname, svc, cat"""
+            )
     upsert = "ON CONFLICT DO UPDATE SET blocked = blocked + excluded.blocked"
     attempts = ", attempts = attempts + excluded.attempts"
     for hour in plan.cut:
@@ -237,6 +263,8 @@ def _fill_sums(
         )
     for table, cols in tables.items():
         keys = ", ".join(cols)
+        if table == "nsum" and not names:
+            continue
         if table == "nsum":
             sums, update, where = "SUM(blocked)", "", chat
         else:
@@ -281,9 +309,12 @@ def build_report(
     top: int = 10,
     now: datetime | None = None,
     lang: str = DEFAULT_LANGUAGE,
+    sections: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The report of blocked attempts in [start, end) as the schema-1 dict (docs/report.md),
-    its human text (names of custom rules and lists, the privacy note) in `lang`.
+    its human text (names of custom rules and lists, the privacy note) in `lang`; only
+    the SECTIONS named (keys of the dict, of SECTIONS) when given, each exactly as in the
+    whole report (the dashboard's overview asks for the few it shows).
 
     Raises:
         SinkholeError: bad period, time zone or privacy mode; StoreError: unreadable database.
@@ -304,6 +335,9 @@ def build_report(
         raise SinkholeError("empty period: the end is not after the start")
     if t1 - t0 > MAX_PERIOD_DAYS * 86400:
         raise SinkholeError(f"period longer than {MAX_PERIOD_DAYS} days; report it in parts")
+    wanted = frozenset(SECTIONS if sections is None else sections)
+    if not wanted <= SECTIONS:
+        raise SinkholeError(f"unknown report sections: {', '.join(sorted(wanted - SECTIONS))}")
     now = now or datetime.now(UTC)
     days = day_bounds(t0, t1, zi)
 
@@ -323,6 +357,7 @@ def build_report(
             top,
             now,
             language,
+            wanted,
         )
     except sqlite3.Error as exc:
         raise StoreError(f"{db_path}: report query failed: {exc}") from exc
@@ -385,6 +420,24 @@ def queries_by_day(s: Scope) -> dict[int, int]:
     )
 
 
+def totals_of(blocked: int, attempts: int, clients: int | None, queries: int) -> dict[str, Any]:
+    """The `totals` section from its sums (the central store's counters make it too)."""
+    return {
+        "blocked": blocked,
+        "attempts": attempts,
+        "clients": clients,
+        "queries": queries,
+        "blocked_share": round(blocked / queries, 6) if queries else None,
+    }
+
+
+def clients_listed(spans: list[Period], privacy: str) -> bool:
+    """Whether clients are counted and listed: some hits of the period hold them (SPANS,
+    from the trail), unless the config's mode PRIVACY now records none: its word on what
+    people may see."""
+    return privacy in CLIENT_MODES and any(p.clients in CLIENT_MODES for p in spans)
+
+
 def totals_section(s: Scope, queries: int) -> tuple[dict[str, Any], bool]:
     """The totals, and whether the attempts are approximate (counted without clients)."""
     blocked, attempts, n_clients, anonymous = s.conn.execute(
@@ -394,14 +447,7 @@ def totals_section(s: Scope, queries: int) -> tuple[dict[str, Any], bool]:
     ).fetchone()
     # Attempts are counted per client where the hits hold one, listed or not.
     approximate = bool(anonymous) or not any(p.clients in CLIENT_MODES for p in s.spans)
-    totals = {
-        "blocked": blocked,
-        "attempts": attempts,
-        "clients": s.nullable(n_clients),
-        "queries": queries,
-        "blocked_share": round(blocked / queries, 6) if queries else None,
-    }
-    return totals, approximate
+    return totals_of(blocked, attempts, s.nullable(n_clients), queries), approximate
 
 
 def first_and_last(s: Scope) -> tuple[str | None, str | None]:
@@ -604,33 +650,36 @@ def _query_report(
     top: int,
     now: datetime,
     lang: Language,
+    wanted: frozenset[str] = SECTIONS,
 ) -> dict[str, Any]:
     # What the hits of the period hold, from the audit trail; the config's mode (`privacy`)
-    # only for a database without one. Clients are listed where some hits hold them,
-    # unless the config now records none: its word on what people may see.
+    # only for a database without one.
     spans = periods(*read_trail(conn), t0, t1, privacy)
-    clients_listed = privacy in CLIENT_MODES and any(p.clients in CLIENT_MODES for p in spans)
-    _fill_sums(conn, t0, t1, days)
-    s = Scope(conn, t0, t1, zi, days, spans, clients_listed, service_names, top, lang)
+    listed = clients_listed(spans, privacy)
+    _fill_sums(conn, t0, t1, days, names="top_names" in wanted)
+    s = Scope(conn, t0, t1, zi, days, spans, listed, service_names, top, lang)
     per_day = queries_by_day(s)
     totals, approximate = totals_section(s, sum(per_day.values()))
-    first, last = first_and_last(s)
     now_ts = int(now.timestamp())
-    return {
-        "schema": SCHEMA_VERSION,
-        "period": period_section(s, tz),
-        "totals": totals,
-        "services": services_section(s),
-        "days": days_section(s, per_day),
-        "groups": groups_section(s, groups),
-        "top_clients": top_clients_section(s),
-        "top_names": top_names_section(s),
-        "bypass": bypass_section(s),
-        "breakdown": breakdown_section(s),
-        "first_attempt": first,
-        "last_attempt": last,
-        "privacy": privacy_section(s, privacy, approximate, retention_days, now),
-        "gaps": _gaps(conn, t0, min(t1, max(t0, now_ts)), zi, now_ts),
-        "changes": policy_changes(conn, t0, t1, zi, s.service_name),
-        "lang": lang.lang,
+    ends = first_and_last(s) if wanted & {"first_attempt", "last_attempt"} else (None, None)
+    out: dict[str, Any] = {"schema": SCHEMA_VERSION, "period": period_section(s, tz)}
+    # Each section made only when asked for, in the dict's order (docs/report.md).
+    sections: dict[str, Any] = {
+        "totals": lambda: totals,
+        "services": lambda: services_section(s),
+        "days": lambda: days_section(s, per_day),
+        "groups": lambda: groups_section(s, groups),
+        "top_clients": lambda: top_clients_section(s),
+        "top_names": lambda: top_names_section(s),
+        "bypass": lambda: bypass_section(s),
+        "breakdown": lambda: breakdown_section(s),
+        "first_attempt": lambda: ends[0],
+        "last_attempt": lambda: ends[1],
+        "privacy": lambda: privacy_section(s, privacy, approximate, retention_days, now),
+        "gaps": lambda: _gaps(conn, t0, min(t1, max(t0, now_ts)), zi, now_ts),
+        "changes": lambda: policy_changes(conn, t0, t1, zi, s.service_name),
     }
+    assert set(sections) == SECTIONS
+    out.update((key, make()) for key, make in sections.items() if key in wanted)
+    out["lang"] = lang.lang
+    return out

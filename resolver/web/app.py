@@ -421,6 +421,26 @@ def _range_key(request: Request) -> str:
     return key
 
 
+def _overview_reports(
+    web: Web, periods: dict[str, tuple[datetime, datetime]], lang: str
+) -> dict[str, dict]:
+    """The chosen range's report (of the sections the overview shows) and the counters
+    of today and this week (`totals` only: with `central` one PostgreSQL query each, no
+    report file), each in its own thread with its own connection."""
+    config = web.config
+    futures = {
+        name: (
+            REPORT_POOL.submit(
+                data.report_for, config, web.catalog, a, b, lang, False, data.OVERVIEW_SECTIONS
+            )
+            if name == "chosen"
+            else REPORT_POOL.submit(data.totals_for, config, web.catalog, a, b, lang)
+        )
+        for name, (a, b) in periods.items()
+    }
+    return {name: f.result() for name, f in futures.items()}
+
+
 def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     start, end = data.range_bounds(key, web.tz)
     periods = {"chosen": (start, end), "today": data.today_bounds(web.tz)}
@@ -443,11 +463,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
         )
         reports = web.overview_cache.get(cache_key) if version is not None else None
         if reports is None:
-            futures = {
-                name: REPORT_POOL.submit(data.report_for, config, web.catalog, a, b, lang, False)
-                for name, (a, b) in periods.items()
-            }
-            reports = {name: f.result() for name, f in futures.items()}
+            reports = _overview_reports(web, periods, lang)
             if version is not None and not any("central_error" in r for r in reports.values()):
                 web.overview_cache.put(cache_key, reports)
         central = sites.result()
@@ -455,11 +471,7 @@ def overview_context(web: Web, key: str, lang: str) -> dict[str, Any]:
     else:
         # Each report has its own connection, and SQLite lets go of the GIL while it
         # reads: on two cores the page takes as long as its longest report, not their sum.
-        futures = {
-            name: REPORT_POOL.submit(data.report_for, config, web.catalog, a, b, lang)
-            for name, (a, b) in periods.items()
-        }
-        reports = {name: f.result() for name, f in futures.items()}
+        reports = _overview_reports(web, periods, lang)
         central = None
         hours = data.hourly_trend(config.database, t0, t1) if key == "24h" else None
     chosen, today = reports["chosen"], reports["today"]

@@ -31,6 +31,11 @@ STREAM_BATCH = 200
 HIT_COLUMNS = "id, ts, client, client_group, qname, qtype, service, category, rule, action, count"
 
 
+#: The sections of the report the overview shows (templates/_overview.html): its
+#: chosen range is reported with these only (`build_report(sections=...)`).
+OVERVIEW_SECTIONS = ("totals", "services", "days", "groups", "top_clients", "privacy")
+
+
 def report_for(
     config: Config,
     catalog: Catalog,
@@ -38,21 +43,64 @@ def report_for(
     end: datetime,
     lang: str = "en",
     per_site: bool = True,
+    sections: tuple[str, ...] | None = None,
 ) -> dict:
     """The report's dict for [start, end), exactly as `sinkhole report --format json
-    --lang LANG`: this site's, or with `central` every site's (without each site's own
-    figures unless PER_SITE: the overview lists the sites from `sites_overview`). While
-    the central store cannot be read, this site's own record, with `central_error`."""
+    --lang LANG` (of SECTIONS only, when given): this site's, or with `central` every
+    site's (without each site's own figures unless PER_SITE: the overview lists the
+    sites from `sites_overview`). While the central store cannot be read, this site's
+    own record, with `central_error`."""
     tz = site_timezone(config)
     try:
-        return build_report_for(config, catalog, start, end, tz=tz, lang=lang, per_site=per_site)
+        return build_report_for(
+            config, catalog, start, end, tz=tz, lang=lang, per_site=per_site, sections=sections
+        )
     except SinkholeError as exc:
         if config.central is None:
             raise
-        local = replace(config, central=None)
-        report = build_report_for(local, catalog, start, end, tz=tz, lang=lang)
-        report["central_error"] = str(exc)
-        return report
+        return _local_report(config, catalog, start, end, lang, sections, exc)
+
+
+def _local_report(
+    config: Config,
+    catalog: Catalog,
+    start: datetime,
+    end: datetime,
+    lang: str,
+    sections: tuple[str, ...] | None,
+    exc: SinkholeError,
+) -> dict:
+    """This site's own report while the central store cannot be read, saying why."""
+    local = replace(config, central=None)
+    report = build_report_for(
+        local, catalog, start, end, tz=site_timezone(config), lang=lang, sections=sections
+    )
+    report["central_error"] = str(exc)
+    return report
+
+
+def totals_for(
+    config: Config, catalog: Catalog, start: datetime, end: datetime, lang: str = "en"
+) -> dict:
+    """The overview's counters: a report dict of the `totals` of [start, end) only, the
+    same figures as the whole report's. With `central` straight from the rollups in one
+    PostgreSQL query (`central_totals`, no report file), else (or while the central
+    store cannot be read, with `central_error`) this site's report of that section."""
+    if config.central is None:
+        return report_for(config, catalog, start, end, lang, sections=("totals",))
+    from resolver.central.report import central_totals
+
+    try:
+        totals = central_totals(
+            config.central,
+            int(start.timestamp()),
+            int(end.timestamp()),
+            tz=site_timezone(config),
+            privacy=config.privacy.clients,
+        )
+    except SinkholeError as exc:
+        return _local_report(config, catalog, start, end, lang, ("totals",), exc)
+    return {"totals": totals}
 
 
 #: With `central`: the overview's reports are kept while no site has shipped anything
