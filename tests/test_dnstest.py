@@ -631,9 +631,12 @@ def test_sinkhole_process_takes_no_query_for_an_answer(tmp_path: Path) -> None:
     # A probe that connect() autobinds to the server's own (still free) port sends to
     # itself and reads its query back: that is not a server answering.
     proc = _fake(tmp_path, "--echo")
-    with pytest.raises(SinkholeStartError, match="no DNS answer"):
-        proc.start(timeout=1)
-    assert pid_gone(proc.pid)
+    try:
+        with pytest.raises(SinkholeStartError, match="no DNS answer"):
+            proc.start(timeout=1)
+        assert pid_gone(proc.pid)
+    finally:
+        proc.stop()
 
 
 def test_sinkhole_process_moves_to_a_new_port_when_its_port_was_taken(tmp_path: Path) -> None:
