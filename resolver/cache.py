@@ -129,16 +129,19 @@ class Cache:
             return
         if now is None:
             now = time.monotonic()
-        ttls = [U32.unpack_from(response, off)[0] for off in answer.ttl_offsets]
+        ttls = answer.ttls  # as the scan read them at answer.ttl_offsets
         if cfg.min_ttl or cfg.max_ttl < max(ttls, default=0):
             ttls = [min(max(t, cfg.min_ttl), cfg.max_ttl) for t in ttls]
-        buf = bytearray(response)
-        U16.pack_into(buf, 0, 0)
-        buf[3] &= ~Z & 0xFF  # never replay an upstream's Z bit (RFC 1035 4.1.1)
+        if response[0] or response[1] or response[3] & Z:
+            buf = bytearray(response)
+            U16.pack_into(buf, 0, 0)
+            buf[3] &= ~Z & 0xFF  # never replay an upstream's Z bit (RFC 1035 4.1.1)
+            response = bytes(buf)
+        # else as Forward hands it over (wire.forwarded_flags): kept without a copy
         entries = self.entries
         if len(entries) >= self.size and query.key not in entries:
             self._evict(now)
-        entry = entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
+        entry = entries[query.key] = Entry(response, answer, ttl, now, ttls)
         if entry.expires < self.soonest:
             self.soonest = entry.expires
 

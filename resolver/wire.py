@@ -316,6 +316,7 @@ class Answer:
         "rcode",
         "tc",
         "ttl_offsets",
+        "ttls",
         "ttl",
         "cnames",
         "negative",
@@ -327,6 +328,8 @@ class Answer:
         #: Where the OPT record's fixed part (type, class, ttl, rdlength) starts; -1: none.
         self.opt_at = -1
         self.ttl_offsets: list[int] = []
+        #: the TTL at each of ttl_offsets, as read (one with the top bit set: 0, RFC 2181 8)
+        self.ttls: list[int] = []
         self.cnames: list[str] = []
         self.negative = False
 
@@ -342,14 +345,18 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
     if not flags & QR or qdcount != 1:
         raise WireError("not an answer")
-    qlen = query.question_end - 12
-    qend = 12 + qlen
+    qend = query.question_end
     # The name compares case-insensitively (0x20 case may differ), type and class exactly:
     # lowering all of it would let TYPE97 ('a') answer a question for HTTPS (65, 'A').
+    # Most upstreams echo the question as asked: one comparison then.
     if (
-        len(wire) < qend
-        or wire[qend - 4 : qend] != query.wire[qend - 4 : qend]
-        or wire[12 : qend - 4].lower() != query.wire[12 : qend - 4].lower()
+        wire[12:qend] != query.wire[12:qend]
+        and (
+            len(wire) < qend
+            or wire[qend - 4 : qend] != query.wire[qend - 4 : qend]
+            # the query's key starts with its name lowercased (parse_query)
+            or wire[12 : qend - 4].lower() != query.key[: qend - 16]
+        )
     ):
         raise WireError("answer for another question")
     a = Answer()
@@ -357,6 +364,7 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     a.tc = bool(flags & TC)
     a.question_end = pos = qend
     offsets = a.ttl_offsets
+    ttls = a.ttls
     cnames = a.cnames
     end = len(wire)
     unpack_rr = RR_FIXED.unpack_from
@@ -382,6 +390,7 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
                 offsets.append(pos + 4)
                 if ttl & 0x80000000:
                     ttl = 0  # RFC 2181 8: a TTL with the top bit set is zero
+                ttls.append(ttl)
                 if min_ttl is None or ttl < min_ttl:
                     min_ttl = ttl
                 if section == 0:
@@ -432,11 +441,13 @@ def header_flags(query: Query, rcode: int, aa: bool = False) -> int:
 
 
 def forwarded_flags(response: bytes) -> bytes:
-    """An upstream's answer with the flags we answer with: AA cleared, since we are not
-    the authority (RFC 1035 4.1.1), RA set, since we recurse for our clients, Z cleared
+    """An upstream's answer as it is cached and forwarded: ID 0 (`personalise` puts each
+    client's in), and the flags we answer with: AA cleared, since we are not the
+    authority (RFC 1035 4.1.1), RA set, since we recurse for our clients, Z cleared
     whatever the upstream echoed; every other bit (TC, AD, CD, RCODE) as it came."""
     flags = ((response[2] << 8 | response[3]) & ~(AA | Z)) | RA
-    return response[:2] + U16.pack(flags) + response[4:]
+    # The 16-bit flags packed as 32 bits: a zero ID, then the flags, in one pack.
+    return U32.pack(flags) + response[4:]
 
 
 def opt_record(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
