@@ -75,7 +75,7 @@ class GcClock:
 
     def __init__(self) -> None:
         self.counts = [0, 0, 0]
-        self.seconds = 0.0
+        self.seconds = [0.0, 0.0, 0.0]
         self._start = 0.0
         gc.callbacks.append(self)
 
@@ -83,7 +83,7 @@ class GcClock:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.seconds += time.perf_counter() - self._start
+            self.seconds[info["generation"]] += time.perf_counter() - self._start
             self.counts[info["generation"]] += 1
 
 
@@ -119,18 +119,19 @@ async def measure(
         print(f"{misses} misses per round, {window} in flight, nsd on 127.0.0.1:{port}")
         for r in range(rounds):
             one = Round(handle, packets[r * misses : (r + 1) * misses], window, addr)
-            gc0, gcs0 = list(clock.counts), clock.seconds
+            gc0, gcs0 = list(clock.counts), list(clock.seconds)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             one.submit()
             await one.done
             cpu = time.process_time() - cpu0
             wall = time.perf_counter() - wall0
             gcs = [a - b for a, b in zip(clock.counts, gc0, strict=True)]
+            us = [(a - b) / misses * 1e6 for a, b in zip(clock.seconds, gcs0, strict=True)]
             label = "warm-up" if r == 0 else f"round {r}"
             print(
                 f"  {label}: {cpu / misses * 1e6:.1f} us CPU per miss, "
                 f"{misses / wall:,.0f} misses/s, GC {gcs} "
-                f"{(clock.seconds - gcs0) / misses * 1e6:.2f} us per miss; "
+                f"{sum(us):.2f} us per miss (young {us[0]:.2f}, older {us[1] + us[2]:.2f}); "
                 f"forwarded {resolver.counts[1]}, failed {resolver.counts[6]}"
             )
 
