@@ -467,7 +467,8 @@ class _Exchange:
         self.forwarder = forwarder
         self.done = done
         self.deadline = deadline
-        self.order = forwarder.ordered()
+        ups = forwarder.upstreams
+        self.order = ups if len(ups) == 1 else forwarder.ordered()
         self.sends: dict[Upstream, int] | None = None  # made on the first retry
         self.turn = 0
         self.attempts: list[_Attempt] = []
@@ -576,9 +577,19 @@ class _Exchange:
             self._exclude(attempt.upstream)
             self.last_error = (data, answer)
         else:
-            attempt.upstream.succeeded(time.monotonic() - attempt.sent)
-            self.result = (data, answer)
-            self.winner = attempt.upstream
+            upstream = attempt.upstream
+            upstream.succeeded(time.monotonic() - attempt.sent)
+            self.result = result = (data, answer)
+            self.winner = upstream
+            if len(self.attempts) == 1 and not answer.tc:
+                # The common case, the one attempt answered (and closed above): what
+                # step() and _finish() would do, without their calls.
+                self.over = True
+                if self.timer:
+                    self.poller.cancel(self.timer)
+                    self.timer = 0
+                self._deliver(result)
+                return
         self.step()
 
     def cancel(self) -> None:
