@@ -49,7 +49,7 @@ class Entry:
         #: From then on a popular entry is refreshed (`Cache.wants_prefetch`): a float to
         #: compare on the hot path instead of a call.
         self.prefetch_from = self.expires - ttl * PREFETCH_SHARE
-        self.cnames = tuple(answer.cnames)
+        self.cnames = tuple(answer.cnames) if answer.cnames else ()
         self.opt_at = answer.opt_at
         self.hits = 0
         # No rendering yet: the stored TTLs may differ from the wire's (min/max_ttl).
@@ -124,21 +124,28 @@ class Cache:
             if ttl < 0:
                 ttl = NO_SOA_NEGATIVE_TTL
             ttl = min(ttl, cfg.negative_ttl)
-        ttl = min(max(ttl, cfg.min_ttl), cfg.max_ttl)
+        min_ttl, max_ttl = cfg.min_ttl, cfg.max_ttl
+        if ttl < min_ttl:
+            ttl = min_ttl
+        if ttl > max_ttl:
+            ttl = max_ttl
         if ttl <= 0:
             return
         if now is None:
             now = time.monotonic()
-        ttls = [U32.unpack_from(response, off)[0] for off in answer.ttl_offsets]
-        if cfg.min_ttl or cfg.max_ttl < max(ttls, default=0):
-            ttls = [min(max(t, cfg.min_ttl), cfg.max_ttl) for t in ttls]
-        buf = bytearray(response)
-        U16.pack_into(buf, 0, 0)
-        buf[3] &= ~Z & 0xFF  # never replay an upstream's Z bit (RFC 1035 4.1.1)
+        ttls = answer.ttls  # as the scan read them at answer.ttl_offsets
+        if min_ttl or (ttls and max_ttl < max(ttls)):
+            ttls = [min(max(t, min_ttl), max_ttl) for t in ttls]
+        if response[0] or response[1] or response[3] & Z:
+            buf = bytearray(response)
+            U16.pack_into(buf, 0, 0)
+            buf[3] &= ~Z & 0xFF  # never replay an upstream's Z bit (RFC 1035 4.1.1)
+            response = bytes(buf)
+        # else as Forward hands it over (wire.forwarded_flags): kept without a copy
         entries = self.entries
         if len(entries) >= self.size and query.key not in entries:
             self._evict(now)
-        entry = entries[query.key] = Entry(bytes(buf), answer, ttl, now, ttls)
+        entry = entries[query.key] = Entry(response, answer, ttl, now, ttls)
         if entry.expires < self.soonest:
             self.soonest = entry.expires
 

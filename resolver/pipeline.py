@@ -410,6 +410,7 @@ class Forward:
         if self.inflight.get(q.key) is pending:
             del self.inflight[q.key]
         if result is not None:
+            # ID 0 and our flags: cached as it is, and each waiter's ID spliced in.
             result = (wire.forwarded_flags(result[0]), result[1])
             try:
                 self.cache.store(q, result[0], result[1])

@@ -43,6 +43,12 @@ SHUTDOWN_FLUSH = 2.5
 TCP_MAX_MESSAGE = 65_535
 #: Allocations between two young-generation collections (Python's default: 700).
 GC_THRESHOLD = 20_000
+#: Young collections between two collections of the middle generation (Python's
+#: default: 10). Each of those walks every object that survived the young ones since
+#: the last, nearly all of them cache entries: in a flood of new names ~100 ms every
+#: 100,000 misses at 20. At 100 most entries are evicted (or expire) before one walks
+#: them; cyclic garbage that outlived a young collection waits longer, for no query.
+GC_MIDDLE_THRESHOLD = 100
 #: Datagrams read per wake-up of a UDP socket before other work gets a turn.
 UDP_BATCH = 64
 #: A query over UDP is small; a larger datagram is truncated and answered FORMERR.
@@ -69,15 +75,16 @@ def settle_gc(collect: bool = False) -> None:
 
     A full collection walks every tracked object, and a policy of a million names
     is millions of them: frozen, they are skipped, so no query waits for a pass over
-    them. They are still freed by reference counting when a reload drops them. A
-    larger first threshold makes the collections that remain rarer. `collect` only at
-    start: after a reload a full pass over a large new policy would stall the loop, so
-    cyclic garbage that exists at that moment stays frozen (kilobytes per reload).
+    them. They are still freed by reference counting when a reload drops them. Larger
+    thresholds (GC_THRESHOLD, GC_MIDDLE_THRESHOLD) make the collections that remain
+    rarer. `collect` only at start: after a reload a full pass over a large new policy
+    would stall the loop, so cyclic garbage that exists at that moment stays frozen
+    (kilobytes per reload).
     """
     if collect:
         gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
+    gc.set_threshold(GC_THRESHOLD, GC_MIDDLE_THRESHOLD, 20)
 
 
 def seeded_state(catalog, config: Config) -> PolicyState:

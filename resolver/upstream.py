@@ -49,6 +49,9 @@ TIMER_GRAIN = 0.005
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: Errors of our own machine (out of descriptors or buffers), not of the upstream.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Answers after which another upstream is tried (plain ints: an enum member looked up
+#: on its class per answer costs more than the set).
+FAILOVER_RCODES = frozenset({int(Rcode.SERVFAIL), int(Rcode.REFUSED), int(Rcode.NOTIMP)})
 
 
 class Upstream:
@@ -172,20 +175,21 @@ class _Poller:
                 log.exception("error sending upstream queries")
                 sock.abort()
 
-    def socket_for(self, upstream: Upstream) -> _Socket:
+    def socket_for(self, upstream: Upstream, now: float) -> _Socket:
         """The socket the next query to `upstream` goes out on (OSError: none could open)."""
         sock = self.current.get(upstream)
-        if sock is None or sock.uses <= 0 or time.monotonic() >= sock.until:
+        if sock is None or sock.uses <= 0 or now >= sock.until:
             if sock is not None:
                 sock.retire()
-            sock = self.current[upstream] = _Socket(self, upstream)
+            sock = self.current[upstream] = _Socket(self, upstream, now)
         sock.uses -= 1
         return sock
 
-    def arm(self, exchange: _Exchange, delay: float) -> int:
-        """Call exchange.step() in `delay` seconds, unless the ticket is cancelled first."""
+    def arm(self, exchange: _Exchange, delay: float, now: float) -> int:
+        """Call exchange.step() `delay` seconds after `now` (time.monotonic()), unless the
+        ticket is cancelled first."""
         ticket = next(self.tickets)
-        when = time.monotonic() + delay
+        when = now + delay
         lane = self.lanes.get(delay)
         if lane is not None:
             lane.append((when, ticket))
@@ -265,7 +269,7 @@ class _Socket:
 
     __slots__ = ("poller", "upstream", "sock", "fd", "pending", "uses", "until", "outbox")
 
-    def __init__(self, poller: _Poller, upstream: Upstream) -> None:
+    def __init__(self, poller: _Poller, upstream: Upstream, now: float) -> None:
         # The C-level socket, created non-blocking: one syscall, no Python wrapper.
         sock = _socket.socket(upstream.family, _UDP_NONBLOCK)
         try:
@@ -284,12 +288,12 @@ class _Socket:
         #: query ID -> the attempt waiting for its answer on this socket
         self.pending: dict[int, _Attempt] = {}
         self.uses = SOCKET_QUERIES
-        self.until = time.monotonic() + SOCKET_AGE
+        self.until = now + SOCKET_AGE
         #: attempts whose query goes out at the poller's next flush, in order
         self.outbox: list[_Attempt] = []
         poller.sockets[fd] = self
 
-    def send(self, exchange: _Exchange, query: Query) -> _Attempt:
+    def send(self, exchange: _Exchange, query: Query, now: float) -> _Attempt:
         """Queue `query` under a fresh random ID; it goes out at the end of this turn of
         the loop with the others queued meanwhile (`_Poller.flush`)."""
         pending = self.pending
@@ -297,7 +301,7 @@ class _Socket:
         while ident in pending:
             ident = new_id()
         packet = wire.upstream_query(query, ident)
-        attempt = pending[ident] = _Attempt(self, ident, exchange, packet)
+        attempt = pending[ident] = _Attempt(self, ident, exchange, packet, now)
         if not self.outbox:
             poller = self.poller
             if not poller.outgoing:
@@ -404,14 +408,16 @@ class _Attempt:
 
     __slots__ = ("socket", "upstream", "ident", "packet", "sent", "done", "exchange")
 
-    def __init__(self, sock: _Socket, ident: int, exchange: _Exchange, packet: bytes) -> None:
+    def __init__(
+        self, sock: _Socket, ident: int, exchange: _Exchange, packet: bytes, now: float
+    ) -> None:
         self.socket = sock
         self.upstream = sock.upstream
         self.ident = ident
         self.packet = packet
         self.exchange = exchange
         self.done = False
-        self.sent = time.monotonic()
+        self.sent = now
 
     def close(self) -> None:
         if not self.done:
@@ -441,6 +447,7 @@ class _Exchange:
         "turn",
         "attempts",
         "result",
+        "winner",
         "last_error",
         "excluded",
         "timer",
@@ -460,11 +467,14 @@ class _Exchange:
         self.forwarder = forwarder
         self.done = done
         self.deadline = deadline
-        self.order = forwarder.ordered()
+        ups = forwarder.upstreams
+        self.order = ups if len(ups) == 1 else forwarder.ordered()
         self.sends: dict[Upstream, int] | None = None  # made on the first retry
         self.turn = 0
         self.attempts: list[_Attempt] = []
-        self.result: tuple[bytes, Answer, Upstream] | None = None
+        #: the first valid answer and its scan, and the upstream that gave it
+        self.result: tuple[bytes, Answer] | None = None
+        self.winner: Upstream | None = None
         self.last_error: tuple[bytes, Answer] | None = None
         self.excluded: set[Upstream] | None = None
         self.timer = 0  # the poller's ticket of the armed timer, 0 for none
@@ -479,13 +489,17 @@ class _Exchange:
             self.excluded = set()
         self.excluded.add(upstream)
 
-    def step(self) -> None:
-        """Send the next attempt and arm the timer, or finish: an answer, no time, no one left."""
+    def step(self, now: float = 0.0) -> None:
+        """Send the next attempt and arm the timer, or finish: an answer, no time, no one left.
+
+        `now` is time.monotonic() when the caller has just read it (0: read it here).
+        """
         while not self.over:
             if self.result is not None:
                 self._finish()
                 return
-            now = time.monotonic()
+            if not now:
+                now = time.monotonic()
             remaining = self.deadline - now
             if remaining <= 0:
                 self._finish()
@@ -504,29 +518,30 @@ class _Exchange:
                     if self.live == 0:
                         self._finish()
                         return
-                    self._arm(remaining)
+                    self._arm(remaining, now)
                     return
                 upstream = min(candidates, key=lambda u: (sends[u], order.index(u)))
                 sends[upstream] += 1
             self.turn += 1
-            if not self._send(upstream):
+            if not self._send(upstream, now):
+                now = 0.0
                 continue  # could not even send: try the next one now
-            self._arm(min(RETRY_AFTER[min(self.turn, len(RETRY_AFTER)) - 1], remaining))
+            self._arm(min(RETRY_AFTER[min(self.turn, len(RETRY_AFTER)) - 1], remaining), now)
             return
 
-    def _arm(self, delay: float) -> None:
+    def _arm(self, delay: float, now: float) -> None:
         poller = self.poller
         if self.timer:
             poller.cancel(self.timer)
-        self.timer = poller.arm(self, delay)
+        self.timer = poller.arm(self, delay, now)
 
-    def _send(self, upstream: Upstream) -> bool:
+    def _send(self, upstream: Upstream, now: float) -> bool:
         try:
-            sock = self.poller.socket_for(upstream)
+            sock = self.poller.socket_for(upstream, now)
         except OSError as exc:
             self._unsendable(upstream, exc)
             return False
-        self.attempts.append(sock.send(self, self.query))
+        self.attempts.append(sock.send(self, self.query, now))
         return True
 
     def _unsendable(self, upstream: Upstream, exc: OSError) -> None:
@@ -556,14 +571,25 @@ class _Exchange:
         attempt.close()
         if self.result is not None or self.over:
             return
-        if answer.rcode in (Rcode.SERVFAIL, Rcode.REFUSED, Rcode.NOTIMP):
+        if answer.rcode in FAILOVER_RCODES:
             # This upstream can't help; another one may.
             attempt.upstream.failed()
             self._exclude(attempt.upstream)
             self.last_error = (data, answer)
         else:
-            attempt.upstream.succeeded(time.monotonic() - attempt.sent)
-            self.result = (data, answer, attempt.upstream)
+            upstream = attempt.upstream
+            upstream.succeeded(time.monotonic() - attempt.sent)
+            self.result = result = (data, answer)
+            self.winner = upstream
+            if len(self.attempts) == 1 and not answer.tc:
+                # The common case, the one attempt answered (and closed above): what
+                # step() and _finish() would do, without their calls.
+                self.over = True
+                if self.timer:
+                    self.poller.cancel(self.timer)
+                    self.timer = 0
+                self._deliver(result)
+                return
         self.step()
 
     def cancel(self) -> None:
@@ -581,7 +607,7 @@ class _Exchange:
         if result is not None and len(attempts) == 1 and not result[1].tc:
             # The common case: one attempt, answered (and closed already).
             self.cancel()
-            self._deliver(result[:2])
+            self._deliver(result)
             return
         live = [a.upstream for a in attempts if not a.done]
         self.cancel()
@@ -592,7 +618,8 @@ class _Exchange:
                 self.forwarder.timeouts += 1
             self._deliver(self.last_error)
             return
-        data, answer, upstream = result
+        data, answer = result
+        upstream = self.winner
         if len(attempts) > 1:
             winner = next(a for a in attempts if a.upstream is upstream)
             # An upstream whose attempt went out before the winner's and is still
@@ -659,13 +686,15 @@ class Forwarder:
         did better; None means nobody answered within the budget. `done` may be
         called before this returns (every send failed at once).
         """
-        deadline = time.monotonic() + (self.budget if budget is None else budget)
-        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + (self.budget if budget is None else budget)
         poller = self._poller
-        if poller is None or poller.loop is not loop:
-            poller = self._poller = poller_for(loop)
+        # A poller serves one loop. Asking the loop whether it runs costs a tenth of
+        # asyncio.get_running_loop(), and only the running loop can be calling us.
+        if poller is None or not poller.loop.is_running():
+            poller = self._poller = poller_for(asyncio.get_running_loop())
         ex = _Exchange(self, query, poller, done, deadline)
-        ex.step()
+        ex.step(now)
         return ex
 
     async def _tcp(

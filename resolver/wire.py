@@ -316,6 +316,7 @@ class Answer:
         "rcode",
         "tc",
         "ttl_offsets",
+        "ttls",
         "ttl",
         "cnames",
         "negative",
@@ -327,6 +328,8 @@ class Answer:
         #: Where the OPT record's fixed part (type, class, ttl, rdlength) starts; -1: none.
         self.opt_at = -1
         self.ttl_offsets: list[int] = []
+        #: the TTL at each of ttl_offsets, as read (one with the top bit set: 0, RFC 2181 8)
+        self.ttls: list[int] = []
         self.cnames: list[str] = []
         self.negative = False
 
@@ -342,70 +345,82 @@ def scan_answer(wire: bytes, query: Query) -> Answer:
     ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
     if not flags & QR or qdcount != 1:
         raise WireError("not an answer")
-    qlen = query.question_end - 12
-    qend = 12 + qlen
+    qend = query.question_end
     # The name compares case-insensitively (0x20 case may differ), type and class exactly:
     # lowering all of it would let TYPE97 ('a') answer a question for HTTPS (65, 'A').
+    # Most upstreams echo the question as asked: one comparison then.
     if (
-        len(wire) < qend
-        or wire[qend - 4 : qend] != query.wire[qend - 4 : qend]
-        or wire[12 : qend - 4].lower() != query.wire[12 : qend - 4].lower()
+        wire[12:qend] != query.wire[12:qend]
+        and (
+            len(wire) < qend
+            or wire[qend - 4 : qend] != query.wire[qend - 4 : qend]
+            # the query's key starts with its name lowercased (parse_query)
+            or wire[12 : qend - 4].lower() != query.key[: qend - 16]
+        )
     ):
         raise WireError("answer for another question")
-    a = Answer()
+    # The Answer's fields set here, not in __init__: one Python call less per answer.
+    a = _new_answer(Answer)
     a.rcode = rcode = flags & 0xF
     a.tc = bool(flags & TC)
     a.question_end = pos = qend
-    offsets = a.ttl_offsets
-    cnames = a.cnames
+    a.opt_at = -1
+    a.ttl_offsets = offsets = []
+    a.ttls = ttls = []
+    a.cnames = cnames = []
     end = len(wire)
     unpack_rr = RR_FIXED.unpack_from
-    min_ttl = None
+    min_ttl = _NO_TTL
     soa_min = None
-    for section, count in ((0, ancount), (1, nscount), (2, arcount)):
-        for _ in range(count):
-            name_start = pos
-            # Most owners are a pointer (0xC00C: the name asked): two bytes, no walk.
-            if pos < end and wire[pos] & 0xC0 == 0xC0:
-                pos += 2
-            else:
-                pos = skip_name(wire, pos)
-            if pos + 10 > end:
-                raise WireError("record truncated")
-            rtype, _rclass, ttl, rdlen = unpack_rr(wire, pos)
-            rdata = pos + 10
-            if rdata + rdlen > end:
-                raise WireError("record truncated")
-            if rtype == _OPT:
-                a.opt_at = pos
-            else:
-                offsets.append(pos + 4)
-                if ttl & 0x80000000:
-                    ttl = 0  # RFC 2181 8: a TTL with the top bit set is zero
-                if min_ttl is None or ttl < min_ttl:
-                    min_ttl = ttl
-                if section == 0:
-                    if rtype == _CNAME:
-                        cnames.append(read_name(wire, rdata)[0])
-                    elif rtype != _RRSIG and (
-                        wire[name_start] != 0xC0 or wire[name_start + 1] != 12
-                    ):
-                        # An owner other than the question's: a name to check as well.
-                        owner = read_name(wire, name_start)[0]
-                        if owner != query.name and owner not in cnames:
-                            cnames.append(owner)
-                elif section == 1 and rtype == _SOA:
-                    mname_end = skip_name(wire, rdata)
-                    rname_end = skip_name(wire, mname_end)
-                    if rname_end + 20 <= rdata + rdlen:
-                        soa_min = min(ttl, U32.unpack_from(wire, rname_end + 16)[0])
-            pos = rdata + rdlen
+    # One loop over the records of the three sections; the index tells the section.
+    authority = ancount + nscount
+    for i in range(authority + arcount):
+        name_start = pos
+        # Most owners are a pointer (0xC00C: the name asked): two bytes, no walk.
+        if pos < end and wire[pos] >= 0xC0:
+            pos += 2
+        else:
+            pos = skip_name(wire, pos)
+        if pos + 10 > end:
+            raise WireError("record truncated")
+        rtype, _rclass, ttl, rdlen = unpack_rr(wire, pos)
+        rdata = pos + 10
+        if rdata + rdlen > end:
+            raise WireError("record truncated")
+        if rtype == _OPT:
+            a.opt_at = pos
+        else:
+            offsets.append(pos + 4)
+            if ttl & 0x80000000:
+                ttl = 0  # RFC 2181 8: a TTL with the top bit set is zero
+            ttls.append(ttl)
+            if ttl < min_ttl:
+                min_ttl = ttl
+            if i < ancount:
+                if rtype == _CNAME:
+                    cnames.append(read_name(wire, rdata)[0])
+                elif rtype != _RRSIG and (wire[name_start] != 0xC0 or wire[name_start + 1] != 12):
+                    # An owner other than the question's: a name to check as well.
+                    owner = read_name(wire, name_start)[0]
+                    if owner != query.name and owner not in cnames:
+                        cnames.append(owner)
+            elif rtype == _SOA and i < authority:
+                mname_end = skip_name(wire, rdata)
+                rname_end = skip_name(wire, mname_end)
+                if rname_end + 20 <= rdata + rdlen:
+                    soa_min = min(ttl, U32.unpack_from(wire, rname_end + 16)[0])
+        pos = rdata + rdlen
     a.negative = negative = rcode == _NXDOMAIN or (rcode == _NOERROR and ancount == 0)
     if negative:
         a.ttl = soa_min if soa_min is not None else -1
     else:
-        a.ttl = min_ttl if min_ttl is not None else 0
+        a.ttl = min_ttl if min_ttl != _NO_TTL else 0
     return a
+
+
+_new_answer = object.__new__
+#: Above every TTL (32 bits): the scan's "no record yet".
+_NO_TTL = 1 << 32
 
 
 # Plain ints for the scan's inner loop: comparing with an IntEnum member costs more.
@@ -432,11 +447,13 @@ def header_flags(query: Query, rcode: int, aa: bool = False) -> int:
 
 
 def forwarded_flags(response: bytes) -> bytes:
-    """An upstream's answer with the flags we answer with: AA cleared, since we are not
-    the authority (RFC 1035 4.1.1), RA set, since we recurse for our clients, Z cleared
+    """An upstream's answer as it is cached and forwarded: ID 0 (`personalise` puts each
+    client's in), and the flags we answer with: AA cleared, since we are not the
+    authority (RFC 1035 4.1.1), RA set, since we recurse for our clients, Z cleared
     whatever the upstream echoed; every other bit (TC, AD, CD, RCODE) as it came."""
     flags = ((response[2] << 8 | response[3]) & ~(AA | Z)) | RA
-    return response[:2] + U16.pack(flags) + response[4:]
+    # The 16-bit flags packed as 32 bits: a zero ID, then the flags, in one pack.
+    return U32.pack(flags) + response[4:]
 
 
 def opt_record(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:

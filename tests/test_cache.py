@@ -65,6 +65,19 @@ def test_min_and_max_ttl_bound_the_cached_ttl():
         assert entry.expires == 1000.0 + expected
 
 
+def test_ttl_with_the_top_bit_set_is_kept_as_zero():
+    """RFC 2181 8: such a TTL means 0, for the entry's lifetime and for the TTL it serves."""
+    cache = Cache(CacheConfig(min_ttl=60, max_ttl=120))
+    dq, q = make("top.example.test", edns=False)
+    wire = bytearray(answer_for(dq, 300))
+    wire[-10:-6] = (0x80000001).to_bytes(4, "big")  # the A record's TTL (its rdata is 4 bytes)
+    stored(cache, "top.example.test", bytes(wire), q, now=1000.0)
+    entry = cache.get(q, 1000.0)
+    assert entry.expires == 1060.0
+    out = dns.message.from_wire(personalise(entry.render(0), q))
+    assert out.answer[0].ttl == 60
+
+
 def test_negative_answer_cached_for_soa_minimum():
     cache = Cache(CacheConfig())
     dq, q = make("nx.example.test")
