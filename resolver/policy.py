@@ -184,6 +184,11 @@ class Verdict:
     The policy keeps one per distinct question, so the recorder counts hits by
     (second, client, verdict) with an identity hash: a pointer, not six strings
     (resolver.store.recorder.HitBatcher).
+
+    The `t_*` slots are the recorder's, not the policy's: the tally of the lookups of
+    this question by one client, kept on the object the query path already holds (a
+    dict slot, a list and its items elsewhere cost cache misses per query). Only the
+    `HitBatcher` named in `t_owner` reads or writes them; see HitBatcher.hit.
     """
 
     __slots__ = (
@@ -194,6 +199,17 @@ class Verdict:
         "record",
         "limited",
         "counted_as",
+        # The recorder's tally (HitBatcher): its owner, and what it counts.
+        "t_owner",
+        "t_sec",
+        "t_client",
+        "t_count",
+        "t_second",
+        "t_rest",
+        "t_last",
+        "t_from",
+        "t_end",
+        "t_first",
     )
 
     def __init__(
@@ -222,6 +238,8 @@ class Verdict:
         self.limited: Verdict | None = None
         #: The key of the server's blocked-queries counter: the service, or the category.
         self.counted_as: str = rule.service or rule.category
+        #: No recorder counts this question yet (HitBatcher.hit reads `t_sec` first).
+        self.t_owner = self.t_sec = None
 
 
 NOT_BLOCKED = object()
