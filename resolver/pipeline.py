@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from resolver import wire
 from resolver.cache import STALE_ANSWER_TTL, Cache
 from resolver.config import Config
-from resolver.policy import Policy, Verdict
+from resolver.policy import NOT_BLOCKED, Policy, Verdict
 from resolver.upstream import Forwarder
 from resolver.wire import Query, Rcode, WireError
 
@@ -96,6 +96,8 @@ class Request:
         self.sink = sink
         self.addr = addr
 
+
+_new_request = object.__new__
 
 Step = Callable[[Request], "bytes | None"]
 
@@ -237,16 +239,30 @@ class Blocker:
 
     def __init__(self, policy: Policy, recorder: Any, blocked_by: dict[str, int]) -> None:
         self.policy = policy
+        #: The policy's verdict memo of clients without exemptions, read here first (a
+        #: call less per query, blocked or not); None when client groups may exempt.
+        self.memo = policy.plain_memo
         #: The recorder's `hit(client, verdict)`, fetched once: one call per blocked query.
         self.hit = recorder.hit if recorder is not None else None
         #: blocked queries per service id (or category), shared with the resolver's stats
         self.blocked_by = blocked_by
 
     def __call__(self, req: Request) -> bytes | None:
-        v = self.policy.verdict(req.query, req.client)
+        memo = self.memo
+        v = memo.get(req.query.tail) if memo is not None else None
         if v is None:
+            v = self.policy.verdict(req.query, req.client)
+            if v is None:
+                return None
+        elif v is NOT_BLOCKED:
             return None
-        return self.block(req, v)
+        # `block`, inline: a call less per blocked query.
+        req.outcome = O_BLOCKED
+        blocked_by, key = self.blocked_by, v.counted_as
+        blocked_by[key] = blocked_by.get(key, 0) + 1
+        if self.hit is not None:
+            self.hit(req.client, v)
+        return req.query.wire[:2] + v.answer_tail
 
     def block(self, req: Request, v: Verdict) -> bytes:
         req.outcome = O_BLOCKED
@@ -539,7 +555,9 @@ class Resolver:
             log.exception("unexpected error parsing a query")
             self.counts[O_FORMERR] += 1
             return wire.error_response(data, Rcode.FORMERR)
-        req = Request(q, client, tcp, sink, addr)
+        # Request(q, client, tcp, sink, addr) without the call of its __init__.
+        req = _new_request(Request)
+        req.query, req.client, req.tcp, req.sink, req.addr = q, client, tcp, sink, addr
         for step in self.steps:
             out = step(req)
             if out is not None:

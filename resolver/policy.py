@@ -308,6 +308,10 @@ class Policy:
         self._responders: dict[tuple[str, str], Responder] = {}
         self._by_rule: dict[Rule, Responder] = {}
         self._verdicts: dict[frozenset[str], dict[bytes, Verdict | object]] = {}
+        #: The verdict memo of clients no group exempts from anything (`verdict` fills
+        #: it; cleared in place when full), for the Blocker to read first; None when
+        #: the config has client groups, whose exemptions `verdict` must look up.
+        self.plain_memo: dict[bytes, Verdict | object] | None = None
         self._groups = [
             (
                 g.name,
@@ -318,6 +322,8 @@ class Policy:
         ]
         self._client_memo: dict[str, tuple[str | None, frozenset[str]]] = {}
         self.enabled_services: frozenset[str] = frozenset()
+        if not self._groups:
+            self.plain_memo = self._verdicts[NO_EXEMPT] = {}
 
     def client_info(self, client: str) -> tuple[str | None, frozenset[str]]:
         """(group label or None, exempt service ids) of a client address."""
