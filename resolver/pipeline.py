@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from resolver import wire
 from resolver.cache import STALE_ANSWER_TTL, Cache
 from resolver.config import Config
-from resolver.policy import NOT_BLOCKED, Policy, Verdict
+from resolver.policy import Policy, Verdict
 from resolver.upstream import Forwarder
 from resolver.wire import Query, Rcode, WireError
 
@@ -98,6 +98,8 @@ class Request:
 
 
 _new_request = object.__new__
+#: The Blocker's token when its policy has client groups: never in a query's `memo`.
+_NO_TOKEN = object()
 
 Step = Callable[[Request], "bytes | None"]
 
@@ -239,22 +241,27 @@ class Blocker:
 
     def __init__(self, policy: Policy, recorder: Any, blocked_by: dict[str, int]) -> None:
         self.policy = policy
-        #: The policy's verdict memo of clients without exemptions, read here first (a
-        #: call less per query, blocked or not); None when client groups may exempt.
-        self.memo = policy.plain_memo
+        #: The policy's verdict memo of clients without exemptions (None when client
+        #: groups may exempt), as the token of the verdicts this Blocker keeps in the
+        #: queries' shared `memo` (wire.Query): an identical query finds its verdict
+        #: there, without a call or a lookup. A new policy has a new token.
+        plain = policy.plain_memo
+        self.token = plain if plain is not None else _NO_TOKEN
+        self.plain = plain is not None
         #: The recorder's `hit(client, verdict)`, fetched once: one call per blocked query.
         self.hit = recorder.hit if recorder is not None else None
         #: blocked queries per service id (or category), shared with the resolver's stats
         self.blocked_by = blocked_by
 
     def __call__(self, req: Request) -> bytes | None:
-        memo = self.memo
-        v = memo.get(req.query.tail) if memo is not None else None
-        if v is None:
+        memo = req.query.memo
+        if memo[0] is self.token:
+            v = memo[1]
+        else:
             v = self.policy.verdict(req.query, req.client)
-            if v is None:
-                return None
-        elif v is NOT_BLOCKED:
+            if self.plain:
+                memo[0], memo[1] = self.token, v
+        if v is None:
             return None
         # `block`, inline: a call less per blocked query.
         req.outcome = O_BLOCKED

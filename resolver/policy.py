@@ -309,8 +309,9 @@ class Policy:
         self._by_rule: dict[Rule, Responder] = {}
         self._verdicts: dict[frozenset[str], dict[bytes, Verdict | object]] = {}
         #: The verdict memo of clients no group exempts from anything (`verdict` fills
-        #: it; cleared in place when full), for the Blocker to read first; None when
-        #: the config has client groups, whose exemptions `verdict` must look up.
+        #: it; cleared in place when full); None when the config has client groups,
+        #: whose exemptions `verdict` must look up. The Blocker uses it as the token of
+        #: this policy's verdicts in the queries' shared memo (wire.Query.memo).
         self.plain_memo: dict[bytes, Verdict | object] | None = None
         self._groups = [
             (

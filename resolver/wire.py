@@ -94,7 +94,14 @@ _FLAG_KEYS = {f: bytes([((f & RD) >> 8) | ((f & CD) >> 3)]) for f in (0, RD, CD,
 
 class Query:
     """A parsed query: header fields, the question as asked, and its EDNS state; `tail` is
-    its bytes after the ID, the key of the parse memo and of the policy's verdict memo."""
+    its bytes after the ID, the key of the parse memo and of the policy's verdict memo.
+
+    `memo` is a two-item list shared by every Query parsed from the same bytes after the
+    ID (it is in the parse memo): the place where a later layer keeps what it derived
+    from those bytes, as [owner token, value], so that an identical query finds it
+    without a lookup of its own (`pipeline.Blocker`: the policy's verdict). Whoever
+    reads it checks the token; nothing here looks at it.
+    """
 
     __slots__ = (
         "wire",
@@ -112,9 +119,11 @@ class Query:
         "opt",
         "key",
         "tail",
+        "memo",
     )
 
     def __init__(self) -> None:
+        self.memo = [None, None]
         self.opt = b""
         self.edns = False
         self.udp_size = CLASSIC_UDP_LIMIT
@@ -156,7 +165,7 @@ def parse_query(wire: bytes) -> Query:
         q.id = wire[0] << 8 | wire[1]
         (
             q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
-            q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+            q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key, q.memo,
         ) = fields  # fmt: skip
         return q
     q = _parse_query(wire)
@@ -165,7 +174,7 @@ def parse_query(wire: bytes) -> Query:
         _PARSED.clear()
     _PARSED[tail] = (
         q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
-        q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+        q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key, q.memo,
     )  # fmt: skip
     return q
 

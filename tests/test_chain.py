@@ -222,6 +222,24 @@ def test_blocker_answers_the_sinkhole_counts_and_records():
     assert len(hits.hits) == 1 and tally == {service: 1}
 
 
+def test_blocker_never_answers_from_a_swapped_out_policys_verdict():
+    # Identical queries share the parse memo's `memo`, where the Blocker keeps its
+    # policy's verdict under that policy's token: a new policy decides anew.
+    cfg = config()
+    blocking, allowing = policy_for(cfg, block=("office.test",)), policy_for(cfg)
+    m = message("www.office.test", ident=7)
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7  # from the shared memo
+    assert Blocker(allowing, None, {})(request(m)) is None
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7
+    # With client groups the verdict depends on the client: never kept in the query.
+    grouped_cfg = config(clients={"groups": {"lab": {"networks": ["10.1.0.0/16"]}}})
+    grouped = policy_for(grouped_cfg, block=("office.test",))
+    assert grouped.plain_memo is None
+    assert read(Blocker(grouped, None, {})(request(m))).id == 7
+    assert Blocker(allowing, None, {})(request(m)) is None
+
+
 def test_blocker_records_a_limited_blocked_name_with_its_own_action():
     hits = Hits()
     blocker = Blocker(policy_for(config()), hits, {})
