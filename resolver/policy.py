@@ -191,19 +191,21 @@ class Verdict:
     `HitBatcher` named in `t_owner` reads or writes them; see HitBatcher.hit.
     """
 
+    # What every blocked query reads or writes first, side by side in memory: the
+    # answer, the counter's key and the fast path of the recorder's tally.
     __slots__ = (
         "answer_tail",
+        "counted_as",
+        "t_sec",
+        "t_client",
+        "t_count",
         "rule",
         "pattern",
         "action",
         "record",
         "limited",
-        "counted_as",
-        # The recorder's tally (HitBatcher): its owner, and what it counts.
+        # The rest of the recorder's tally (HitBatcher): its owner, and what it counts.
         "t_owner",
-        "t_sec",
-        "t_client",
-        "t_count",
         "t_second",
         "t_rest",
         "t_last",
