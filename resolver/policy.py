@@ -196,22 +196,19 @@ class Verdict:
     __slots__ = (
         "answer_tail",
         "counted_as",
-        "t_sec",
+        "t_owner",
+        "t_from",
+        "t_to",
         "t_client",
         "t_count",
+        "t_last",
         "rule",
         "pattern",
         "action",
         "record",
         "limited",
-        # The rest of the recorder's tally (HitBatcher): its owner, and what it counts.
-        "t_owner",
-        "t_second",
-        "t_rest",
-        "t_last",
-        "t_from",
+        # The rest of the recorder's tally (HitBatcher).
         "t_end",
-        "t_first",
     )
 
     def __init__(
@@ -240,8 +237,8 @@ class Verdict:
         self.limited: Verdict | None = None
         #: The key of the server's blocked-queries counter: the service, or the category.
         self.counted_as: str = rule.service or rule.category
-        #: No recorder counts this question yet (HitBatcher.hit reads `t_sec` first).
-        self.t_owner = self.t_sec = None
+        #: No recorder counts this question yet (HitBatcher.hit reads `t_owner` first).
+        self.t_owner = None
 
 
 NOT_BLOCKED = object()

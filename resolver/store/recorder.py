@@ -70,15 +70,16 @@ class HitBatcher:
     The query path counts a hit in the tally kept on the policy's Verdict of the
     question (its `t_*` slots; one Verdict per distinct question, already in the CPU's
     cache when the hit is counted), while the same client asks it: first in its first
-    second, then in the rest of its fold window. The batcher owns the tallies it
-    started (`t_owner`, and the keys of `tallies`, in the order they started), so a
-    policy swapped mid-window leaves the old Verdicts' tallies with it until they are
-    handed over. What a tally counted goes to `pending`, keyed by (second, client,
-    verdict), when another client asks or its time is over; `handoff()` (every
-    HANDOFF_INTERVAL, on the thread that calls hit()) hands the first seconds over at
-    once and the rest when the window is over, moving `pending` to `queue`; the writer
-    thread takes them from there. Under a flood of identical lookups the writer sees
-    two entries per client, question and window, not one per query or per second.
+    second, then in the rest of its fold window, with the time of its last lookup.
+    The batcher owns the tallies it started (`t_owner`, and the keys of `tallies`, in
+    the order they started), so a policy swapped mid-window leaves the old Verdicts'
+    tallies with it until they are handed over. What a tally counted goes to
+    `pending`, keyed by (second, client, verdict), when another client asks or its
+    time is over; `handoff()` (every HANDOFF_INTERVAL, on the thread that calls hit())
+    hands the first seconds over at once and the rest when the window is over, moving
+    `pending` to `queue`; the writer thread takes them from there. Under a flood of
+    identical lookups the writer sees two entries per client, question and window,
+    not one per query or per second.
 
     A client's lookups of one name and type within a minute (FOLD_SECONDS, aligned to
     the clock) make at most two rows: the first lookup's second, written at the next
@@ -100,12 +101,12 @@ class HitBatcher:
     def __init__(self, clock: Clock = time.time, buffer_rows: int = HIT_BUFFER_ROWS) -> None:
         self.clock = clock
         self.buffer_rows = buffer_rows
-        #: The second the fast path of hit() counts in: [_from, _until). `_until` is
-        #: also the token a Verdict's `t_sec` holds while its tally counts in this
-        #: second of this batcher: a new float object each second, so an identity test
-        #: says "this batcher, this second" (a Verdict holding it keeps it alive).
+        #: The bounds of the tallies started in the current second: its start and end,
+        #: and the end of its fold window; float objects shared by those tallies, so
+        #: that the fast path compares with objects in the cache.
         self._from = 0.0
         self._until = 0.0
+        self._window_end = 0.0
         #: The client strings tallies hold, one object per address: the fast path
         #: compares the datagram's fresh string with one that is in the cache too.
         self._clients: dict[str, str] = {}
@@ -141,45 +142,46 @@ class HitBatcher:
     def hit(self, client: str, verdict: Verdict) -> None:
         """Count a blocked lookup; `verdict` says what to record (its `record`).
 
-        The fast path: the Verdict's tally counts this client in this second (its
-        `t_sec` is this batcher's token of the second). Everything it touches is in
-        the cache already: the Verdict, this batcher, the token, the client string
-        and a small int.
+        The fast path: the Verdict's tally is this batcher's and counts this client
+        now. Everything it touches is in the cache already: the Verdict, this batcher,
+        the tally's bounds (float objects shared by the tallies of a second or a
+        window), the client string.
         """
         now = self.clock()
-        until = self._until
-        if verdict.t_sec is until and self._from <= now < until and verdict.t_client == client:
+        # [t_from, t_to) is what the tally counts: two float comparisons cost less
+        # than int() of the clock on every query.
+        if (
+            verdict.t_owner is self
+            and verdict.t_from <= now < verdict.t_to
+            and verdict.t_client == client
+        ):
             verdict.t_count += 1
+            verdict.t_last = now
             return
         self._roll(client, verdict, now)
 
     def _roll(self, client: str, verdict: Verdict, now: float) -> None:
-        """A lookup the fast path cannot count: a new second, another client, a tally
-        not started or started by another batcher.
+        """A lookup the fast path cannot count: another client, past the tally's end, a
+        tally not started or started by another batcher.
 
-        A Verdict's tally counts `t_count` lookups of `t_client` in second `t_second`,
-        and `t_rest` in earlier seconds of its window [t_from, t_end) up to `t_last`,
-        none of them in `pending` yet; `t_first` while the window's first second has
-        not been handed over.
+        A Verdict's tally counts `t_count` lookups of `t_client` in [t_from, t_to), the
+        first second of its window or the rest of it up to `t_end`, the last at
+        `t_last`. What it counted goes to `pending`. The same client asking on in a
+        later second of the window goes on in the same tally, to the window's end.
         """
         second = int(now)
         if not self._from <= now < self._until:
-            self._from = float(second)
-            self._until = float(second + 1)  # a new object: the new second's token
-        until = self._until
+            # The shared bounds of the tallies started in this second (and window).
+            self._from, self._until = float(second), float(second + 1)
+            start = float(second - second % FOLD_SECONDS)
+            if start + FOLD_SECONDS != self._window_end:
+                self._window_end = start + FOLD_SECONDS
         owner = verdict.t_owner
         if owner is self:
-            if verdict.t_client == client and verdict.t_from <= now < verdict.t_end:
-                # The same client in another second of the window: its tally counts on.
-                if verdict.t_first:
-                    self._emit(verdict)  # the first second, at once (as a handoff would)
-                    verdict.t_first = False
-                elif verdict.t_count:
-                    verdict.t_rest += verdict.t_count
-                    verdict.t_last = verdict.t_second
-                verdict.t_sec, verdict.t_second, verdict.t_count = until, second, 1
-                return
             self._emit(verdict)
+            if verdict.t_client == client and verdict.t_from <= now < verdict.t_end:
+                verdict.t_count, verdict.t_to, verdict.t_last = 1, verdict.t_end, now
+                return
         else:
             if owner is not None:
                 owner._give_up(verdict)  # another recorder in this process counted it
@@ -191,30 +193,22 @@ class HitBatcher:
             if len(clients) >= CLIENT_STRINGS:
                 clients.clear()
             known = clients[client] = client
-        start = second - second % FOLD_SECONDS
-        verdict.t_client, verdict.t_sec, verdict.t_second, verdict.t_count = known, until, second, 1
-        verdict.t_rest, verdict.t_last, verdict.t_from = 0, second, second
-        verdict.t_end, verdict.t_first = start + FOLD_SECONDS, True
+        verdict.t_client, verdict.t_count, verdict.t_last = known, 1, now
+        verdict.t_from, verdict.t_to, verdict.t_end = self._from, self._until, self._window_end
 
     def _emit(self, verdict: Verdict) -> None:
         """Move a tally's count to `pending`, at the second of its last lookup."""
         n = verdict.t_count
         if n:
-            key = (verdict.t_second, verdict.t_client, verdict)
-            n += verdict.t_rest
-        elif verdict.t_rest:
-            key = (verdict.t_last, verdict.t_client, verdict)
-            n = verdict.t_rest
-        else:
-            return
-        pending = self.pending
-        pending[key] = pending.get(key, 0) + n
-        verdict.t_count = verdict.t_rest = 0
+            key = (int(verdict.t_last), verdict.t_client, verdict)
+            pending = self.pending
+            pending[key] = pending.get(key, 0) + n
+            verdict.t_count = 0
 
     def _give_up(self, verdict: Verdict) -> None:
         """Another batcher takes `verdict`: what this one counted goes to `pending`."""
         self._emit(verdict)
-        verdict.t_owner = verdict.t_sec = None
+        verdict.t_owner = None
         self.tallies.pop(verdict, None)
 
     def handoff(self, everything: bool = False) -> None:
@@ -228,18 +222,19 @@ class HitBatcher:
         tallies = self.tallies
         # Tallies that count on are bounded as the writer's `held` rows are: past
         # `buffer_rows` of them, a first second's tally ends and the writer folds.
-        room = self.buffer_rows - sum(1 for v in tallies if not v.t_first)
+        room = self.buffer_rows - sum(1 for v in tallies if v.t_to == v.t_end)
         keep: dict[Verdict, None] = {}
         for v in tallies:  # in the order they started
-            first = v.t_first
-            inside = v.t_from <= now < v.t_end
-            if first or everything or not inside:
+            if v.t_owner is not self:
+                continue  # taken over by another batcher, which emitted it for us
+            first = v.t_to < v.t_end
+            if first or everything or not v.t_from <= now < v.t_to:
                 self._emit(v)
-            if everything or not inside or (first and room <= 0):
-                v.t_owner = v.t_sec = None
+            if everything or not v.t_from <= now < v.t_end or (first and room <= 0):
+                v.t_owner = None
             else:
                 if first:
-                    v.t_first = False
+                    v.t_to = v.t_end
                     room -= 1
                 keep[v] = None
         self.tallies = keep
@@ -252,7 +247,7 @@ class HitBatcher:
     @property
     def backlog(self) -> int:
         """Hits received and not yet written, but those held until their minute ends."""
-        first = sum(v.t_count for v in list(self.tallies) if v.t_first)
+        first = sum(v.t_count for v in list(self.tallies) if v.t_to < v.t_end)
         pending = sum(list(self.pending.values()))
         return self.received + pending + first - self.written - self.folded_hits
 
@@ -260,7 +255,7 @@ class HitBatcher:
     def held_hits(self) -> int:
         """Lookups after the first second of their window, held until it is over: in the
         writer's `held` rows, or still in a tally."""
-        later = sum(v.t_count + v.t_rest for v in list(self.tallies) if not v.t_first)
+        later = sum(v.t_count for v in list(self.tallies) if v.t_to == v.t_end)
         return self.folded_hits + later
 
     @property
