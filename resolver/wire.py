@@ -105,7 +105,6 @@ class Query:
 
     __slots__ = (
         "wire",
-        "id",
         "flags",
         "name",
         "qtype",
@@ -129,6 +128,12 @@ class Query:
         self.udp_size = CLASSIC_UDP_LIMIT
         self.do = False
         self.edns_version = 0
+
+    @property
+    def id(self) -> int:
+        """The client's ID, read from the datagram: only the answers built here whole
+        (error, local, truncated) read it, so a query does not pay for it."""
+        return self.wire[0] << 8 | self.wire[1]
 
     @property
     def question(self) -> bytes:
@@ -162,7 +167,6 @@ def parse_query(wire: bytes) -> Query:
         q = _new_query(Query)
         q.wire = wire
         q.tail = tail
-        q.id = wire[0] << 8 | wire[1]
         (
             q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
             q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key, q.memo,
@@ -185,7 +189,7 @@ _new_query = object.__new__
 def _parse_query(wire: bytes) -> Query:
     if len(wire) < 12:
         raise WireError("shorter than a header", None)
-    ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
     if flags & QR:
         # A response sent to us: answering it could start a loop between servers.
         raise WireError("QR set", None)
@@ -195,7 +199,6 @@ def _parse_query(wire: bytes) -> Query:
         raise WireError(f"QDCOUNT {qdcount}")
     q = Query()
     q.wire = wire
-    q.id = ident
     q.flags = flags
     labels, pos = _question_name(wire)
     end = len(wire)
