@@ -7,8 +7,12 @@ noise. Here one sinkhole, pinned to its core and driven at its maximum rate by
 dnsperf on the blocked scenario, switches the body of `HitBatcher.hit` (a server's
 `Recorder.hit`) on and off every PERIOD seconds and counts the blocked queries of each period.
 Adjacent periods compare under the same drift; the cost is the median of their
-ratios. Both states make the same two calls per query, so only the body of
-`HitBatcher.hit` differs (the one call the Blocker makes to it is not counted);
+ratios. On a machine shared with other work the server gets a varying share of its
+core, which moves the rates more than recording does; the server also writes its CPU
+time per blocked query of each period (all its threads, the recorder's writer too), and
+the script prints the cost by that measure beside the first: 1 - the median of
+cpu(off)/cpu(on) over the same pairs. Both states make the same two calls per query, so
+only the body of `HitBatcher.hit` differs (the one call the Blocker makes to it is not counted);
 the writer thread runs throughout, with nothing to write in the periods off.
 
     python bench/recording_toggle.py [--seconds 40] [--period 1]
@@ -62,14 +66,16 @@ def serve() -> None:
     out = Path(os.environ[RATES_ENV])
 
     def switch() -> None:
-        last, since = 0, time.monotonic()
+        last, since, cpu = 0, time.monotonic(), time.process_time()
         with out.open("w") as f:
             while True:
                 time.sleep(period)
-                now, count = time.monotonic(), calls[0]
-                f.write(f"{int(recording[0])} {(count - last) / (now - since):.0f}\n")
+                now, count, used = time.monotonic(), calls[0], time.process_time()
+                rate = (count - last) / (now - since)
+                per_query = (used - cpu) / (count - last) * 1e6 if count > last else 0.0
+                f.write(f"{int(recording[0])} {rate:.0f} {per_query:.3f}\n")
                 f.flush()
-                last, since = count, now
+                last, since, cpu = count, now, used
                 recording[0] = not recording[0]
 
     recorder.HitBatcher.hit = toggled  # type: ignore[method-assign]
@@ -96,6 +102,7 @@ def measure(seconds: float, period: float) -> None:
         with nsd, run.server_under_test(setup, variant) as (port, _pid):
             perf = run.dnsperf(port, setup.files["blocked"], seconds=seconds)
         rates = run.read_toggle_rates(rates_file)
+        cpu = [float(line.split()[2]) for line in rates_file.read_text().splitlines()]
     busy = run.busy_periods(rates)
     ratios = run.toggle_ratios(rates)
     share, pairs = 1 - statistics.median(ratios), len(ratios)
@@ -106,6 +113,22 @@ def measure(seconds: float, period: float) -> None:
         f"periods: on {statistics.mean(on):.0f}, off {statistics.mean(off):.0f} q/s"
     )
     print(f"hit recording cost (median of adjacent on/off ratios): {share:.1%}")
+    # The same pairs by CPU time per query: the busy periods, by their index in `rates`.
+    peak = max(rate for _, rate in rates)
+    settled = [i for i, (_, rate) in enumerate(rates) if rate > peak / 2]
+    settled = settled[run.TOGGLE_SETTLE_PERIODS : -1]
+    cpu_ratios = [
+        (cpu[b] / cpu[a]) if rates[a][0] else (cpu[a] / cpu[b])
+        for a, b in zip(settled, settled[1:], strict=False)
+        if rates[a][0] != rates[b][0] and cpu[a] and cpu[b]
+    ]
+    if cpu_ratios:
+        per_on = statistics.median(cpu[i] for i in settled if rates[i][0])
+        per_off = statistics.median(cpu[i] for i in settled if not rates[i][0])
+        print(
+            f"by CPU time per query (median {per_on:.2f} us on, {per_off:.2f} us off): "
+            f"{1 - statistics.median(cpu_ratios):.1%} over {len(cpu_ratios)} pairs"
+        )
 
 
 def main() -> None:

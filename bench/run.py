@@ -1001,7 +1001,8 @@ def read_toggle_rates(path: Path) -> list[tuple[int, float]]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise BenchError(f"the toggling server wrote no rates ({exc})") from None
-    return [(int(state), float(rate)) for state, rate in (line.split() for line in lines)]
+    # A third column, the CPU time per query (bench/recording_toggle.py), is not used here.
+    return [(int(f[0]), float(f[1])) for f in (line.split() for line in lines)]
 
 
 def busy_periods(rates: list[tuple[int, float]]) -> list[tuple[int, float]]:

@@ -7,7 +7,7 @@ import math
 import time
 
 from resolver.config import CacheConfig
-from resolver.wire import U16, U32, Answer, Query, Z
+from resolver.wire import U16, U32, Answer, Query, Z, personalise
 
 #: RFC 8767 4: a stale answer is served with this TTL.
 STALE_ANSWER_TTL = 30
@@ -18,6 +18,9 @@ PREFETCH_MIN_HITS = 3
 EVICT_SHARE = 0.1
 #: Cap on how long a SERVFAIL-free negative answer without SOA may be kept.
 NO_SOA_NEGATIVE_TTL = 0
+#: Personalised answers an entry keeps per second of age (`Entry.outs`): one per
+#: distinct query (bytes after the ID) asking it; past it the memo starts anew.
+PERSONAL_MEMO_SIZE = 8
 
 
 class Entry:
@@ -37,6 +40,7 @@ class Entry:
         "prefetching",
         "prefetch_from",
         "opt_at",
+        "outs",
     )
 
     def __init__(self, wire: bytes, answer: Answer, ttl: int, now: float, ttls: list[int]) -> None:
@@ -73,6 +77,20 @@ class Entry:
         if cap is None:
             # Many hits land in the same second: render once per second of age.
             self.age, self.age_wire = age, out
+            self.outs = {}
+        return out
+
+    def answer(self, age: int, query: Query) -> bytes:
+        """The answer to `query` at `age`: rendered, with the client's ID and question
+        (`wire.personalise`). What follows the ID is kept in `outs` by the query's bytes
+        after the ID, which it is a function of (with the age), so the next identical
+        query of this second of age costs a lookup and a concatenation
+        (`pipeline.CacheStep`)."""
+        out = personalise(self.render(age), query)
+        outs = self.outs
+        if len(outs) >= PERSONAL_MEMO_SIZE:
+            outs.clear()
+        outs[query.tail] = out[2:]
         return out
 
 

@@ -184,16 +184,31 @@ class Verdict:
     The policy keeps one per distinct question, so the recorder counts hits by
     (second, client, verdict) with an identity hash: a pointer, not six strings
     (resolver.store.recorder.HitBatcher).
+
+    The `t_*` slots are the recorder's, not the policy's: the tally of the lookups of
+    this question by one client, kept on the object the query path already holds (a
+    dict slot, a list and its items elsewhere cost cache misses per query). Only the
+    `HitBatcher` named in `t_owner` reads or writes them; see HitBatcher.hit.
     """
 
+    # What every blocked query reads or writes first, side by side in memory: the
+    # answer, the counter's key and the fast path of the recorder's tally.
     __slots__ = (
         "answer_tail",
+        "counted_as",
+        "t_owner",
+        "t_from",
+        "t_to",
+        "t_client",
+        "t_count",
+        "t_last",
         "rule",
         "pattern",
         "action",
         "record",
         "limited",
-        "counted_as",
+        # The rest of the recorder's tally (HitBatcher).
+        "t_end",
     )
 
     def __init__(
@@ -222,6 +237,8 @@ class Verdict:
         self.limited: Verdict | None = None
         #: The key of the server's blocked-queries counter: the service, or the category.
         self.counted_as: str = rule.service or rule.category
+        #: No recorder counts this question yet (HitBatcher.hit reads `t_owner` first).
+        self.t_owner = None
 
 
 NOT_BLOCKED = object()
@@ -290,6 +307,11 @@ class Policy:
         self._responders: dict[tuple[str, str], Responder] = {}
         self._by_rule: dict[Rule, Responder] = {}
         self._verdicts: dict[frozenset[str], dict[bytes, Verdict | object]] = {}
+        #: The verdict memo of clients no group exempts from anything (`verdict` fills
+        #: it; cleared in place when full); None when the config has client groups,
+        #: whose exemptions `verdict` must look up. The Blocker uses it as the token of
+        #: this policy's verdicts in the queries' shared memo (wire.Query.memo).
+        self.plain_memo: dict[bytes, Verdict | object] | None = None
         self._groups = [
             (
                 g.name,
@@ -300,6 +322,8 @@ class Policy:
         ]
         self._client_memo: dict[str, tuple[str | None, frozenset[str]]] = {}
         self.enabled_services: frozenset[str] = frozenset()
+        if not self._groups:
+            self.plain_memo = self._verdicts[NO_EXEMPT] = {}
 
     def client_info(self, client: str) -> tuple[str | None, frozenset[str]]:
         """(group label or None, exempt service ids) of a client address."""

@@ -94,11 +94,17 @@ _FLAG_KEYS = {f: bytes([((f & RD) >> 8) | ((f & CD) >> 3)]) for f in (0, RD, CD,
 
 class Query:
     """A parsed query: header fields, the question as asked, and its EDNS state; `tail` is
-    its bytes after the ID, the key of the parse memo and of the policy's verdict memo."""
+    its bytes after the ID, the key of the parse memo and of the policy's verdict memo.
+
+    `memo` is a two-item list shared by every Query parsed from the same bytes after the
+    ID (it is in the parse memo): the place where a later layer keeps what it derived
+    from those bytes, as [owner token, value], so that an identical query finds it
+    without a lookup of its own (`pipeline.Blocker`: the policy's verdict). Whoever
+    reads it checks the token; nothing here looks at it.
+    """
 
     __slots__ = (
         "wire",
-        "id",
         "flags",
         "name",
         "qtype",
@@ -112,14 +118,22 @@ class Query:
         "opt",
         "key",
         "tail",
+        "memo",
     )
 
     def __init__(self) -> None:
+        self.memo = [None, None]
         self.opt = b""
         self.edns = False
         self.udp_size = CLASSIC_UDP_LIMIT
         self.do = False
         self.edns_version = 0
+
+    @property
+    def id(self) -> int:
+        """The client's ID, read from the datagram: only the answers built here whole
+        (error, local, truncated) read it, so a query does not pay for it."""
+        return self.wire[0] << 8 | self.wire[1]
 
     @property
     def question(self) -> bytes:
@@ -153,10 +167,9 @@ def parse_query(wire: bytes) -> Query:
         q = _new_query(Query)
         q.wire = wire
         q.tail = tail
-        q.id = wire[0] << 8 | wire[1]
         (
             q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
-            q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+            q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key, q.memo,
         ) = fields  # fmt: skip
         return q
     q = _parse_query(wire)
@@ -165,7 +178,7 @@ def parse_query(wire: bytes) -> Query:
         _PARSED.clear()
     _PARSED[tail] = (
         q.flags, q.name, q.qtype, q.qclass, q.qname_end, q.question_end,
-        q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key,
+        q.edns, q.udp_size, q.do, q.edns_version, q.opt, q.key, q.memo,
     )  # fmt: skip
     return q
 
@@ -176,7 +189,7 @@ _new_query = object.__new__
 def _parse_query(wire: bytes) -> Query:
     if len(wire) < 12:
         raise WireError("shorter than a header", None)
-    ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
     if flags & QR:
         # A response sent to us: answering it could start a loop between servers.
         raise WireError("QR set", None)
@@ -186,7 +199,6 @@ def _parse_query(wire: bytes) -> Query:
         raise WireError(f"QDCOUNT {qdcount}")
     q = Query()
     q.wire = wire
-    q.id = ident
     q.flags = flags
     labels, pos = _question_name(wire)
     end = len(wire)

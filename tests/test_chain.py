@@ -222,6 +222,24 @@ def test_blocker_answers_the_sinkhole_counts_and_records():
     assert len(hits.hits) == 1 and tally == {service: 1}
 
 
+def test_blocker_never_answers_from_a_swapped_out_policys_verdict():
+    # Identical queries share the parse memo's `memo`, where the Blocker keeps its
+    # policy's verdict under that policy's token: a new policy decides anew.
+    cfg = config()
+    blocking, allowing = policy_for(cfg, block=("office.test",)), policy_for(cfg)
+    m = message("www.office.test", ident=7)
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7  # from the shared memo
+    assert Blocker(allowing, None, {})(request(m)) is None
+    assert read(Blocker(blocking, None, {})(request(m))).id == 7
+    # With client groups the verdict depends on the client: never kept in the query.
+    grouped_cfg = config(clients={"groups": {"lab": {"networks": ["10.1.0.0/16"]}}})
+    grouped = policy_for(grouped_cfg, block=("office.test",))
+    assert grouped.plain_memo is None
+    assert read(Blocker(grouped, None, {})(request(m))).id == 7
+    assert Blocker(allowing, None, {})(request(m)) is None
+
+
 def test_blocker_records_a_limited_blocked_name_with_its_own_action():
     hits = Hits()
     blocker = Blocker(policy_for(config()), hits, {})
@@ -266,6 +284,33 @@ def test_cache_step_ages_ttls_with_the_clock_and_lets_expired_entries_through():
     assert out.question[0].name.to_text() == "OFFICE.test."
     clock.now += 200
     assert step(request(message("office.test"))) is None
+
+
+def test_cache_step_answers_each_query_of_a_second_with_its_own_id_question_and_edns():
+    # The answers of one second of age are memoised by the query's bytes after the ID:
+    # a repeated query gets its own ID, one differing in case or EDNS size its own answer.
+    clock = Clock()
+    policy = policy_for(config())
+    cache = Cache(CacheConfig())
+    step = CacheStep(cache, CnameGuard(policy, Blocker(policy, None, {})), lambda q: None, clock)
+    cached(cache, message("office.test"), ("office.test.", 300, "A", "192.0.2.1"), now=clock.now)
+    clock.now += 10.2
+    asked = [
+        message("office.test", ident=1),
+        message("office.test", ident=2),
+        message("OFFICE.test", ident=3),
+        message("office.test", ident=4, payload=4096),
+        message("OFFICE.test", ident=5),
+    ]
+    outs = [read(step(request(m))) for m in asked]
+    assert [o.id for o in outs] == [1, 2, 3, 4, 5]
+    assert [o.question[0].name.to_text() for o in outs] == [
+        "office.test.", "office.test.", "OFFICE.test.", "office.test.", "OFFICE.test.",
+    ]  # fmt: skip
+    assert all(o.answer[0].ttl == 290 for o in outs)
+    clock.now += 1  # the next second of age: TTLs one lower, for a memoised query too
+    assert read(step(request(asked[1]))).answer[0].ttl == 289
+    assert read(step(request(asked[1]))).id == 2
 
 
 def test_cache_step_blocks_an_entry_whose_cname_is_now_blocked_and_prefetches_popular_ones():

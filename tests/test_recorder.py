@@ -235,3 +235,105 @@ def test_hits_written_late_count_as_recorder_lag():
     assert batch.rows(as_ip)[1] == 0
     clock.now += 1
     assert batch.rows(as_ip)[1] == 1
+
+
+def swapped(v: Verdict) -> Verdict:
+    """The Verdict of the same question under a policy swapped in by a reload: a new
+    object with the same record."""
+    return Verdict(b"", v.rule, v.pattern, v.action, v.record[0], v.record[1])
+
+
+def test_a_policy_swap_in_the_first_second_loses_and_doubles_nothing():
+    clock = Clock(START + 5)
+    batch = HitBatcher(clock)
+    old, new = verdict(), swapped(verdict())
+    for _ in range(3):
+        batch.hit("10.1.9.7", old)
+    for _ in range(2):  # the reload took effect within the same second
+        batch.hit("10.1.9.7", new)
+    clock.now = START + 20
+    batch.hit("10.1.9.7", new)
+    step(batch)
+    assert written(batch) == [(START + 5, "10.1.9.7", None, "chatgpt.com", 5)]
+    clock.now = START + FOLD_SECONDS + FOLD_MARGIN
+    step(batch)
+    assert written(batch) == [(START + 20, "10.1.9.7", None, "chatgpt.com", 1)]
+    assert batch.tallies == {} and batch.written == 6 and batch.backlog == 0
+
+
+def test_a_policy_swap_mid_minute_keeps_two_rows_a_minute():
+    # The old Verdict's tally is still counting the window's later lookups when the
+    # policy is swapped; the new Verdict's first lookup is not a first row, and the old
+    # tally is handed over when its window is over: the two rows of the rule, exact.
+    clock = Clock(START + 5)
+    batch = HitBatcher(clock)
+    old, new = verdict(), swapped(verdict())
+    batch.hit("10.1.9.7", old)
+    step(batch)
+    for second in (10, 11):
+        clock.now = START + second
+        batch.hit("10.1.9.7", old)
+        batch.hit("10.1.9.7", old)
+        step(batch)
+    assert batch.held_hits == 4 and list(batch.tallies) == [old]
+    clock.now = START + 30  # the reload: from now on the query path holds `new`
+    batch.hit("10.1.9.7", new)
+    batch.hit("10.1.9.7", new)
+    step(batch)
+    clock.now = START + 31
+    batch.hit("10.1.9.7", new)
+    step(batch)
+    assert written(batch) == [(START + 5, "10.1.9.7", None, "chatgpt.com", 1)]
+    assert batch.held_hits == 7 and batch.backlog == 0
+    clock.now = START + FOLD_SECONDS + FOLD_MARGIN
+    step(batch)
+    assert written(batch) == [(START + 31, "10.1.9.7", None, "chatgpt.com", 7)]
+    assert batch.tallies == {} and batch.written == 8 and batch.held_hits == 0
+
+
+def test_a_policy_swap_at_exit_writes_every_tally():
+    clock = Clock(START + 40)
+    batch = HitBatcher(clock)
+    old, new = verdict(), swapped(verdict())
+    batch.hit("10.1.9.7", old)
+    batch.hit("10.1.9.8", old)
+    clock.now += 1
+    batch.hit("10.1.9.8", old)
+    batch.hit("10.1.9.8", new)
+    step(batch, everything=True)
+    assert written(batch) == [
+        (START + 40, "10.1.9.7", None, "chatgpt.com", 1),
+        (START + 40, "10.1.9.8", None, "chatgpt.com", 1),
+        (START + 41, "10.1.9.8", None, "chatgpt.com", 2),
+    ]
+    assert batch.tallies == {} and old.t_owner is None and new.t_owner is None
+
+
+def test_a_verdict_counted_by_two_batchers_moves_its_count_on():
+    # One Verdict, two recorders in one process (as in tests): the one that takes it
+    # over first makes the other hand its count to its own pending hits.
+    clock = Clock(START + 7)
+    a, b = HitBatcher(clock), HitBatcher(clock)
+    v = swapped(verdict())
+    for rec, n in ((a, 3), (b, 2), (a, 1)):
+        for _ in range(n):
+            rec.hit("10.1.9.7", v)
+    assert (a.backlog, b.backlog) == (4, 2) and v.t_owner is a and b.tallies == {}
+    step(a)
+    step(b)
+    assert written(a) == [(START + 7, "10.1.9.7", None, "chatgpt.com", 4)]
+    assert written(b) == [(START + 7, "10.1.9.7", None, "chatgpt.com", 2)]
+
+
+def test_the_clock_stepping_back_starts_a_new_tally():
+    clock = Clock(START + 30)
+    batch = HitBatcher(clock)
+    batch.hit("10.1.9.7", verdict())
+    clock.now = START + 20  # NTP stepped the clock back
+    batch.hit("10.1.9.7", verdict())
+    batch.hit("10.1.9.7", verdict())
+    step(batch, everything=True)
+    assert written(batch) == [
+        (START + 20, "10.1.9.7", None, "chatgpt.com", 2),
+        (START + 30, "10.1.9.7", None, "chatgpt.com", 1),
+    ]

@@ -337,8 +337,10 @@ def test_tallies_count_every_client_and_second_of_a_shared_verdict(db):
             rec.hit(client, v)
     clock.now += 1
     a.hit("10.1.9.7", v)
-    # The lookup of the second after is one of its window's later lookups: held.
-    assert (a.backlog, b.backlog) == (6, 1) and a.batch.held_hits == 1
+    # The tally is on the Verdict, which `b` took over (a's count went to a's pending):
+    # a's lookup of the second after starts a new tally, which a's writer folds into
+    # its window's later lookups all the same (the rows below).
+    assert (a.backlog, b.backlog) == (7, 1) and a.batch.held_hits == 0
     assert a.flush() and b.flush()
     assert rows(
         db, "SELECT ts - ?, client, SUM(count) FROM hits GROUP BY 1, 2", (clock.now - 1,)
@@ -380,6 +382,36 @@ def test_repeated_lookups_in_a_minute_make_two_rows(db):
         (start + 62, "10.1.9.7", 1),
     ]
     assert rec.batch.held_hits == 0 and rec.written == 7
+    assert_rollups_exact(db)
+
+
+def test_a_reload_mid_minute_records_every_lookup_once_under_the_new_mode(db):
+    # A reload swaps the policy (new Verdicts: the old ones keep their tallies until
+    # handed over) and the privacy mode (from the next write on): the hits counted
+    # before it are neither lost nor counted twice, and none is stored with its address.
+    start = 1_800_000_000 - 1_800_000_000 % 60
+    clock = _Clock(start + 5)
+    rec = Recorder(str(db), clock=clock.time, secret=b"k" * 32)
+    old = verdict("chatgpt.com", "A")
+    new = Verdict(b"", old.rule, old.pattern, old.action, *old.record[:2])
+    rec.hit("10.1.9.7", old)
+    assert rec.flush(hold=True)
+    clock.now = start + 12
+    rec.hit("10.1.9.7", old)
+    rec.hit("10.1.9.7", old)  # counted on the old Verdict, held to the minute's end
+    assert rec.flush(hold=True)
+    rec.reconfigure(privacy="hashed", retention_days=90)
+    clock.now = start + 20
+    rec.hit("10.1.9.7", new)
+    assert rec.flush(hold=True)
+    clock.now = start + 62
+    assert rec.flush(hold=True)
+    [(first, *ip), (last, *hashed)] = rows(
+        db, "SELECT ts - ?, client, count FROM hits ORDER BY ts", (start,)
+    )
+    assert first == 5 and ip == ["10.1.9.7", 1]  # written before the reload, under `ip`
+    assert last == 20 and hashed[0].startswith("h:") and hashed[1] == 3
+    assert rec.written == 4 and rec.backlog == 0 and rec.batch.held_hits == 0
     assert_rollups_exact(db)
 
 

@@ -44,6 +44,8 @@ FOLD_SECONDS = 60
 FOLD_MARGIN = 2
 #: How often the event loop hands its counted hits to the writer thread (seconds).
 HANDOFF_INTERVAL = 0.5
+#: Client address strings the batcher keeps one object of (HitBatcher._clients).
+CLIENT_STRINGS = 65_536
 #: Distinct hits held while the database is unavailable; past it, new hits are
 #: coalesced per minute instead of per second, so totals stay exact.
 HIT_BUFFER_ROWS = 100_000
@@ -65,23 +67,29 @@ Clock = Callable[[], float]
 class HitBatcher:
     """Hits from the query path to the rows of the next write, by the clock it is given.
 
-    The query path counts a hit in `tallies`, keyed by the policy's Verdict of the
-    question (one per distinct question, hashed by identity), while the same client
-    asks it: first in its first second, then in the rest of its fold window. What a
-    tally counted goes to `pending`, keyed by (second, client, verdict), when another
-    client asks or its time is over; `handoff()` (every HANDOFF_INTERVAL, on the
-    thread that calls hit()) hands the first seconds over at once and the rest when
-    the window is over, moving `pending` to `queue`; the writer thread takes them from
-    there. Under a flood of identical lookups the writer sees two entries per client,
-    question and window, not one per query or per second.
+    The query path counts a hit in the tally kept on the policy's Verdict of the
+    question (its `t_*` slots; one Verdict per distinct question, already in the CPU's
+    cache when the hit is counted), while the same client asks it: first in its first
+    second, then in the rest of its fold window, with the time of its last lookup.
+    The batcher owns the tallies it started (`t_owner`, and the keys of `tallies`, in
+    the order they started), so a policy swapped mid-window leaves the old Verdicts'
+    tallies with it until they are handed over. What a tally counted goes to
+    `pending`, keyed by (second, client, verdict), when another client asks or its
+    time is over; `handoff()` (every HANDOFF_INTERVAL, on the thread that calls hit())
+    hands the first seconds over at once and the rest when the window is over, moving
+    `pending` to `queue`; the writer thread takes them from there. Under a flood of
+    identical lookups the writer sees two entries per client, question and window,
+    not one per query or per second.
 
     A client's lookups of one name and type within a minute (FOLD_SECONDS, aligned to
     the clock) make at most two rows: the first lookup's second, written at the next
     flush, and the last lookup's second with the count of every later one, written
-    once the minute is over plus FOLD_MARGIN (`held` until then). Totals, hourly sums
-    and attempts come out as from one row per second: an attempt starts at a lookup
-    with none of its client and service in the 300 s before, which only a minute's
-    first lookup can be, and the minute's last lookup keeps its second.
+    once the minute is over plus FOLD_MARGIN (`held` until then, by client and the
+    Verdict's `record`, so two Verdicts of one question, before and after a policy
+    swap, still fold into the same two rows). Totals, hourly sums and attempts come
+    out as from one row per second: an attempt starts at a lookup with none of its
+    client and service in the 300 s before, which only a minute's first lookup can be,
+    and the minute's last lookup keeps its second.
 
     While the database cannot be written, hits wait in `buffer` as they came, and past
     `buffer_rows` entries in `coarse`, coalesced per minute by the columns they will be
@@ -93,10 +101,18 @@ class HitBatcher:
     def __init__(self, clock: Clock = time.time, buffer_rows: int = HIT_BUFFER_ROWS) -> None:
         self.clock = clock
         self.buffer_rows = buffer_rows
-        #: verdict: [from, client, count, to, last lookup, window end]: `count` lookups of
-        #: `client` in [from, to), the first second of a window or the rest of it; mutated
-        #: only by the thread that calls hit().
-        self.tallies: dict[Verdict, list] = {}
+        #: The bounds of the tallies started in the current second: its start and end,
+        #: and the end of its fold window; float objects shared by those tallies, so
+        #: that the fast path compares with objects in the cache.
+        self._from = 0.0
+        self._until = 0.0
+        self._window_end = 0.0
+        #: The client strings tallies hold, one object per address: the fast path
+        #: compares the datagram's fresh string with one that is in the cache too.
+        self._clients: dict[str, str] = {}
+        #: The Verdicts whose tally this batcher started (and owns while `t_owner` says
+        #: so), in the order they started; mutated only by the thread that calls hit().
+        self.tallies: dict[Verdict, None] = {}
         #: Hits of the current interval, mutated only by the thread that calls hit().
         self.pending: dict[tuple, int] = {}
         #: Dicts handed over by that thread, waiting for the writer thread.
@@ -107,8 +123,9 @@ class HitBatcher:
         self.buffer: dict[tuple, int] = {}
         #: (minute, client, verdict.record): count, once `buffer` is full.
         self.coarse: dict[tuple, int] = {}
-        #: Window start: {(client, verdict): [first second, last second, later lookups]}.
-        self.held: dict[int, dict[tuple, list[int]]] = {}
+        #: Window start: {(client, verdict.record): [first second, last second, later
+        #: lookups, verdict]}.
+        self.held: dict[int, dict[tuple, list]] = {}
         #: Lookups in `held` (not the first second's, which went to `buffer`).
         self.folded_hits = 0
         #: Sum of the buffer's counts, kept so other threads never iterate the dict.
@@ -123,39 +140,76 @@ class HitBatcher:
 
     # Hot path: called by the event loop per blocked query.
     def hit(self, client: str, verdict: Verdict) -> None:
-        """Count a blocked lookup; `verdict` says what to record (its `record`)."""
+        """Count a blocked lookup; `verdict` says what to record (its `record`).
+
+        The fast path: the Verdict's tally is this batcher's and counts this client
+        now. Everything it touches is in the cache already: the Verdict, this batcher,
+        the tally's bounds (float objects shared by the tallies of a second or a
+        window), the client string.
+        """
         now = self.clock()
-        t = self.tallies.get(verdict)
-        # [t[0], t[3]) is what the tally counts: two float comparisons cost less than
-        # int() of the clock on every query.
-        if t is not None and t[0] <= now < t[3] and t[1] == client:
-            t[2] += 1
-            t[4] = now
+        # [t_from, t_to) is what the tally counts: two float comparisons cost less
+        # than int() of the clock on every query.
+        if (
+            verdict.t_owner is self
+            and verdict.t_from <= now < verdict.t_to
+            and verdict.t_client == client
+        ):
+            verdict.t_count += 1
+            verdict.t_last = now
             return
-        self._roll(client, verdict, now, t)
+        self._roll(client, verdict, now)
 
-    def _roll(self, client: str, verdict: Verdict, now: float, t: list | None) -> None:
-        """A lookup its verdict's tally cannot count: another client, or past its end.
+    def _roll(self, client: str, verdict: Verdict, now: float) -> None:
+        """A lookup the fast path cannot count: another client, past the tally's end, a
+        tally not started or started by another batcher.
 
-        What the tally counted goes to `pending`. The same client asking on in a later
-        second of the window goes on in the same tally, to the window's end.
+        A Verdict's tally counts `t_count` lookups of `t_client` in [t_from, t_to), the
+        first second of its window or the rest of it up to `t_end`, the last at
+        `t_last`. What it counted goes to `pending`. The same client asking on in a
+        later second of the window goes on in the same tally, to the window's end.
         """
         second = int(now)
-        if t is not None:
-            self._emit(verdict, t)
-            if t[1] == client and t[0] <= now < t[5]:
-                t[2], t[3], t[4] = 1, t[5], now
+        if not self._from <= now < self._until:
+            # The shared bounds of the tallies started in this second (and window).
+            self._from, self._until = float(second), float(second + 1)
+            start = float(second - second % FOLD_SECONDS)
+            if start + FOLD_SECONDS != self._window_end:
+                self._window_end = start + FOLD_SECONDS
+        owner = verdict.t_owner
+        if owner is self:
+            self._emit(verdict)
+            if verdict.t_client == client and verdict.t_from <= now < verdict.t_end:
+                verdict.t_count, verdict.t_to, verdict.t_last = 1, verdict.t_end, now
                 return
-        start = second - second % FOLD_SECONDS
-        self.tallies[verdict] = [second, client, 1, second + 1, now, start + FOLD_SECONDS]
+        else:
+            if owner is not None:
+                owner._give_up(verdict)  # another recorder in this process counted it
+            verdict.t_owner = self
+            self.tallies[verdict] = None
+        clients = self._clients
+        known = clients.get(client)
+        if known is None:
+            if len(clients) >= CLIENT_STRINGS:
+                clients.clear()
+            known = clients[client] = client
+        verdict.t_client, verdict.t_count, verdict.t_last = known, 1, now
+        verdict.t_from, verdict.t_to, verdict.t_end = self._from, self._until, self._window_end
 
-    def _emit(self, verdict: Verdict, t: list) -> None:
+    def _emit(self, verdict: Verdict) -> None:
         """Move a tally's count to `pending`, at the second of its last lookup."""
-        if t[2]:
-            key = (int(t[4]), t[1], verdict)
+        n = verdict.t_count
+        if n:
+            key = (int(verdict.t_last), verdict.t_client, verdict)
             pending = self.pending
-            pending[key] = pending.get(key, 0) + t[2]
-            t[2] = 0
+            pending[key] = pending.get(key, 0) + n
+            verdict.t_count = 0
+
+    def _give_up(self, verdict: Verdict) -> None:
+        """Another batcher takes `verdict`: what this one counted goes to `pending`."""
+        self._emit(verdict)
+        verdict.t_owner = None
+        self.tallies.pop(verdict, None)
 
     def handoff(self, everything: bool = False) -> None:
         """Give this interval's hits to the writer; call from the thread that calls hit().
@@ -168,16 +222,22 @@ class HitBatcher:
         tallies = self.tallies
         # Tallies that count on are bounded as the writer's `held` rows are: past
         # `buffer_rows` of them, a first second's tally ends and the writer folds.
-        room = self.buffer_rows - sum(1 for t in tallies.values() if t[3] == t[5])
-        for verdict, t in list(tallies.items()):  # in the order they started
-            first = t[3] < t[5]
-            if first or everything or not t[0] <= now < t[3]:
-                self._emit(verdict, t)
-            if everything or not t[0] <= now < t[5] or (first and room <= 0):
-                del tallies[verdict]
-            elif first:
-                t[3] = t[5]
-                room -= 1
+        room = self.buffer_rows - sum(1 for v in tallies if v.t_to == v.t_end)
+        keep: dict[Verdict, None] = {}
+        for v in tallies:  # in the order they started
+            if v.t_owner is not self:
+                continue  # taken over by another batcher, which emitted it for us
+            first = v.t_to < v.t_end
+            if first or everything or not v.t_from <= now < v.t_to:
+                self._emit(v)
+            if everything or not v.t_from <= now < v.t_end or (first and room <= 0):
+                v.t_owner = None
+            else:
+                if first:
+                    v.t_to = v.t_end
+                    room -= 1
+                keep[v] = None
+        self.tallies = keep
         pending = self.pending
         if pending:
             self.received += sum(pending.values())
@@ -187,7 +247,7 @@ class HitBatcher:
     @property
     def backlog(self) -> int:
         """Hits received and not yet written, but those held until their minute ends."""
-        first = sum(t[2] for t in list(self.tallies.values()) if t[3] < t[5])
+        first = sum(v.t_count for v in list(self.tallies) if v.t_to < v.t_end)
         pending = sum(list(self.pending.values()))
         return self.received + pending + first - self.written - self.folded_hits
 
@@ -195,7 +255,7 @@ class HitBatcher:
     def held_hits(self) -> int:
         """Lookups after the first second of their window, held until it is over: in the
         writer's `held` rows, or still in a tally."""
-        later = sum(t[2] for t in list(self.tallies.values()) if t[3] == t[5])
+        later = sum(v.t_count for v in list(self.tallies) if v.t_to == v.t_end)
         return self.folded_hits + later
 
     @property
@@ -224,11 +284,11 @@ class HitBatcher:
                 later = held.get(start)
                 if later is None:
                     later = held[start] = {}
-            k = (client, verdict)
+            k = (client, verdict.record)
             h = later.get(k)
             if h is None:
                 if len(later) < self.buffer_rows:  # past it, rows per second: memory bound
-                    later[k] = [ts, ts, 0]
+                    later[k] = [ts, ts, 0, verdict]
             elif ts > h[0]:
                 if ts > h[1]:
                     h[1] = ts
@@ -244,7 +304,7 @@ class HitBatcher:
         over = int(self.clock()) - FOLD_SECONDS - FOLD_MARGIN
         rows: dict[tuple, int] = {}
         for start in [w for w in self.held if everything or w <= over]:
-            for (client, verdict), (_, last, n) in self.held.pop(start).items():
+            for (client, _), (_, last, n, verdict) in self.held.pop(start).items():
                 if n:
                     rows[(last, client, verdict)] = n
         if rows:
