@@ -602,13 +602,9 @@ class _Exchange:
             a.close()
 
     def _finish(self) -> None:
+        # The common case, one attempt answered, was delivered by on_reply already.
         attempts = self.attempts
         result = self.result
-        if result is not None and len(attempts) == 1 and not result[1].tc:
-            # The common case: one attempt, answered (and closed already).
-            self.cancel()
-            self._deliver(result)
-            return
         live = [a.upstream for a in attempts if not a.done]
         self.cancel()
         if result is None:
