@@ -135,6 +135,14 @@ class UdpListener:
     recvfrom/sendto loop without; the logic here is the same for both). Answers
     that come back from upstreams are batched too: `send` collects those of one
     turn of the loop and sends them together at its end.
+
+    At an office's steady rate each wake-up finds one datagram, and the time to
+    its answer is what a user waits: after a wake-up that read one datagram (or
+    none), the next one is read with a plain recvfrom and answered with a plain
+    sendto before anything else, and only then is the socket read on in batches
+    for what came meanwhile (`lone`). A batch call costs more than a plain one
+    for a single datagram (buffers for UDP_BATCH of them, a list, an address
+    tuple to parse); a burst still goes in batches from its second datagram on.
     """
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
@@ -146,6 +154,9 @@ class UdpListener:
         #: Answers from upstreams made in this turn of the loop, sent together at its end.
         self.parked: list[tuple[bytes, tuple]] = []
         self.closed = False
+        #: The last wake-up read one datagram (or none): the next one is read, answered
+        #: and sent on its own, ahead of the batches.
+        self.lone = True
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def is_closing(self) -> bool:
@@ -160,9 +171,32 @@ class UdpListener:
             self.sock.close()
 
     def _readable(self) -> None:
+        if self.lone:
+            # The last wake-up found one datagram: most likely this one does too. One
+            # plain call reads it and one sends its answer, before anything else; then
+            # the socket is read on in batches (after that answer) for what came meanwhile.
+            try:
+                data, addr = self.sock.recvfrom(UDP_MAX_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # an ICMP error queued on the socket: taken, nothing to answer
+            try:
+                out = self.server.resolver.handle(data, addr[0], self, addr)
+            except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
+                log.exception("error handling a UDP query from %s", addr[0])
+            else:
+                if out is not None:
+                    self.send_one(out, addr)
+            self.lone = self._read_batches(UDP_BATCH - 1) == 0
+        else:
+            self.lone = self._read_batches(UDP_BATCH) <= 1
+
+    def _read_batches(self, budget: int) -> int:
+        """Read and answer up to `budget` datagrams in batches; how many were read."""
         handle = self.server.resolver.handle
         answers: list[tuple[bytes, tuple]] = []
-        budget = UDP_BATCH
+        read = 0
         while budget > 0:
             try:
                 batch = recv_batch(self.sock, budget, UDP_MAX_QUERY)
@@ -179,11 +213,26 @@ class UdpListener:
                         answers.append((out, addr))
                 except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
                     log.exception("error handling a UDP query from %s", addr[0])
+            read += len(batch)
             if len(batch) < budget:
                 break  # the socket is drained (or an error waits): the next wake-up reads on
             budget -= len(batch)
         if answers:
             self.send_many(answers)
+        return read
+
+    def send_one(self, out: bytes, addr: tuple) -> None:
+        """One answer, sent at once with one plain call; behind the backlog if there is one."""
+        if self.backlog:
+            self._hold(out, addr)
+            return
+        try:
+            self.sock.sendto(out, addr)
+        except (BlockingIOError, InterruptedError):
+            self._hold(out, addr)
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError:
+            pass  # that client's address is unreachable: nothing to do
 
     def expect(self) -> None:
         """A query parked on an upstream: nothing to do, its answer comes to send()."""

@@ -331,6 +331,100 @@ def test_a_full_send_buffer_takes_what_fits_then_blocks(impl, tmp_path: Path):
         sender.close()
 
 
+class _Echo:
+    """The listener's server, answering each datagram with "A" and the datagram: what
+    is under test here is the listener's reading, sending and holding back."""
+
+    class resolver:  # noqa: N801 - the attribute the listener reads
+        @staticmethod
+        def handle(data: bytes, client: str, sink: object, addr: object) -> bytes:
+            return b"A" + data
+
+
+def test_the_listener_answers_lone_datagrams_and_bursts_in_order_through_a_full_buffer(
+    impl, tmp_path: Path, monkeypatch
+):
+    """One datagram per wake-up takes the plain path (recvfrom, sendto), a burst the
+    batches; a client that does not read fills the send buffer, and every answer, from
+    either path, waits in the backlog and then goes out in the order asked."""
+    import asyncio
+
+    from resolver import server as server_mod
+
+    # The one socket whose send buffer fills is AF_UNIX, whose senders the C recvmmsg
+    # does not name (the server listens on IP only): reading is the Python loop's in
+    # both runs, sending is the implementation's.
+    monkeypatch.setattr(server_mod, "recv_batch", batchio._recv_batch_py)
+    if impl.name == "c":
+        monkeypatch.setattr(
+            server_mod, "send_batch", lambda sock, items, start: impl.send(sock, items, start)
+        )
+    else:
+        monkeypatch.setattr(server_mod, "send_batch", batchio._send_batch_py)
+    client_path, server_path = str(tmp_path / "client.sock"), str(tmp_path / "server.sock")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.bind(client_path)
+    client.setblocking(False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(server_path)
+    sock.setblocking(False)
+    sent: list[bytes] = []
+    modes: list[tuple[int, bool]] = []
+
+    async def settle() -> None:
+        for _ in range(20):  # a few turns of the loop: the wake-up and its batches
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+
+    async def run() -> server_mod.UdpListener:
+        listener = server_mod.UdpListener(_Echo(), sock)
+        assert listener.lone
+        i = 0
+        # Lone datagrams until the kernel holds the answers back, then bursts.
+        while not listener.backlog:
+            sent.append(b"%05d" % i + b"x" * 400)
+            client.sendto(sent[-1], server_path)
+            i += 1
+            await settle()
+            modes.append((1, listener.lone))
+            assert i < 5000, "the send buffer never filled"
+        for burst in (8, 1, 8, 1):  # within net.unix.max_dgram_qlen (10 by default)
+            for _ in range(burst):
+                sent.append(b"%05d" % i + b"x" * 400)
+                client.sendto(sent[-1], server_path)
+                i += 1
+            await settle()
+            modes.append((burst, listener.lone))
+        # Room for a few answers and a new question in the same turn of the loop: the
+        # new answer still goes behind those held back.
+        got: list[bytes] = [client.recv(1000) for _ in range(3)]
+        sent.append(b"%05d" % i + b"x" * 400)
+        client.sendto(sent[-1], server_path)
+        await settle()
+        # The client reads on: the backlog drains as room comes.
+        deadline = time.monotonic() + 10
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            try:
+                got.append(client.recv(1000))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert got == [b"A" + d for d in sent]
+        assert not listener.backlog
+        return listener
+
+    loop = asyncio.new_event_loop()
+    try:
+        listener = loop.run_until_complete(run())
+        listener.close()
+    finally:
+        loop.close()
+        client.close()
+    # After a lone datagram the listener stays on the plain path; a burst moves it to
+    # batches, and the next lone datagram back.
+    assert all(lone for n, lone in modes if n == 1)
+    assert [lone for n, lone in modes if n > 1] == [False, False]
+
+
 def test_the_c_code_takes_only_numeric_addresses_and_bytes_likes():
     mod = c_module()
     s = udp()
