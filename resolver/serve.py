@@ -44,6 +44,20 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def allow_ordinary_priority() -> None:
+    """As root, let the process return a thread from SCHED_IDLE to the ordinary policy
+    after dropping privileges (RLIMIT_NICE 20 permits nice 0, and nothing above it):
+    the recorder's final flush must not wait behind the load (resolver/background.py)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NICE)
+        if soft != resource.RLIM_INFINITY and soft < 20:
+            resource.setrlimit(resource.RLIMIT_NICE, (20, max(20, hard)))
+    except (ValueError, OSError):
+        pass
+
+
 def drop_privileges(user: str, paths: list[str]) -> None:
     """After binding port 53 as root, continue as `user` (the database stays writable)."""
     import pwd
@@ -102,6 +116,7 @@ def run_one(config: Config, overrides: dict, *, reuse_port: bool, quiet: bool = 
             except ImportError as exc:
                 log.warning("metrics_listen is set but %s: no /health or /metrics", exc)
         if config.user and os.getuid() == 0:
+            allow_ordinary_priority()
             drop_privileges(config.user, [server.db_path])
     except SinkholeError as exc:
         print(f"sinkhole: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Coroutine
 
 from resolver import __version__
+from resolver.background import idle_priority
 from resolver.batchio import IMPLEMENTATION as BATCH_IO
 from resolver.batchio import recv_batch, send_batch
 from resolver.catalog import load_catalog
@@ -505,10 +506,23 @@ class Server:
 
     async def _watch_policy(self) -> None:
         loop = asyncio.get_running_loop()
+        # The poll's own thread, at SCHED_IDLE: opening the database twice a second
+        # must not hold the DNS thread's core (resolver/background.py).
+        poller = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sinkhole-policy-poll", initializer=idle_priority
+        )
+        try:
+            await self._poll_policy(loop, poller)
+        finally:
+            poller.shutdown(wait=False)
+
+    async def _poll_policy(
+        self, loop: asyncio.AbstractEventLoop, poller: concurrent.futures.Executor
+    ) -> None:
         while True:
             await asyncio.sleep(POLICY_POLL)
             try:
-                version = await loop.run_in_executor(None, _policy_version, self.db_path)
+                version = await loop.run_in_executor(poller, _policy_version, self.db_path)
                 if version is not None and version != self.policy_version:
                     await self.reload_policy()
             except Exception:  # noqa: BLE001 - a reload problem must never stop DNS

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from resolver.background import idle_priority, ordinary_priority
 from resolver.errors import StoreError
 from resolver.store.db import connect
 from resolver.store.pseudonyms import Pseudonymizer, client_secret
@@ -580,6 +581,8 @@ class Recorder:
         """Flush everything and stop within `timeout`; True when nothing is left unwritten."""
         # The last attempt must end before the join gives up: a busy wait may be under way.
         self._final_deadline = time.monotonic() + max(0.0, timeout - RECORDER_BUSY_TIMEOUT - 0.2)
+        # The final flush must not wait behind whatever else keeps the machine busy.
+        ordinary_priority(self._thread)
         self._stop.set()
         self._wakeup.set()
         if self._thread is not None:
@@ -592,6 +595,8 @@ class Recorder:
         return left == 0
 
     def _run(self) -> None:
+        # Hits can wait a few milliseconds, queries cannot (resolver/background.py).
+        idle_priority()
         while not self._stop.is_set():
             self._wakeup.wait(self.flush_interval)
             self._wakeup.clear()
