@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 from resolver.background import idle_priority, ordinary_priority
 from resolver.store.recorder import Recorder
-from tests.conftest import query
+from tests.conftest import query, wait_for
 
 SCHED_IDLE = os.SCHED_IDLE  # Linux, the one system sinkhole serves on
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def policy_of(tid: int) -> int:
